@@ -1,0 +1,1 @@
+"""Training and sample data: simulation of multi-coil k-space, task family."""

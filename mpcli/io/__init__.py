@@ -1,0 +1,1 @@
+"""Readers and writers: fastMRI HDF5, ISMRMRD HDF5, NIfTI, DICOM, weights."""

@@ -1,0 +1,1 @@
+"""Meta-learning core: pure functions over parameter dicts (torch.func)."""

@@ -1,0 +1,1 @@
+"""MRI physics: FFTs, SENSE operators, sampling masks, coil sensitivities."""

@@ -1,0 +1,1 @@
+"""Reconstruction: classical methods and the unrolled network."""
