@@ -1,0 +1,246 @@
+"""``mp``: thin Typer commands over the library.
+
+Each command parses its options, calls one library function, renders the
+result (rich table, or ``--json`` on stdout) and maps typed errors to the exit
+codes of :mod:`mpcli.errors`. Heavy imports happen inside the commands so that
+``mp --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from mpcli import __version__
+from mpcli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, MpError
+
+_EXIT_TABLE = "\n\n".join(f"{code}  {text}" for code, text in EXIT_CODES.items())
+
+app = typer.Typer(
+    name="mp",
+    help="Meta-prior MRI reconstruction: adapt a meta-learned network to your scanner's "
+    "undersampled k-space without ground truth, reconstruct, write NIfTI/DICOM/HDF5.",
+    epilog=f"Exit codes:\n\n{_EXIT_TABLE}",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+err = Console(stderr=True)
+out = Console()
+
+
+@contextmanager
+def _guard():
+    """Turn library errors into one line on stderr and the documented exit code."""
+    try:
+        yield
+    except MpError as exc:
+        err.print(f"mp: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("mp: interrupted", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
+        if os.environ.get("MP_DEBUG"):
+            raise
+        msg = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+        err.print(f"mp: internal error: {msg} (set MP_DEBUG=1 for a traceback)", markup=False,
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERNAL) from None
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"mp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Meta-prior MRI reconstruction."""
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
+
+
+def _outcome_table(outcomes, title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("input", "status", "outputs", "seconds", "error"):
+        table.add_column(col)
+    for o in outcomes:
+        table.add_row(o.input.name, o.status, str(len(o.outputs)), f"{o.seconds:.1f}", o.error)
+    return table
+
+
+def _batch_exit(outcomes) -> int:
+    failed = [o for o in outcomes if o.status == "failed"]
+    if not failed:
+        return EXIT_OK
+    if len(failed) == len(outcomes) and len(outcomes) == 1:
+        return failed[0].exit_code
+    return EXIT_PARTIAL
+
+
+def _outcomes_json(outcomes) -> str:
+    return json.dumps([{"input": str(o.input), "status": o.status, "error": o.error,
+                        "outputs": [str(p) for p in o.outputs], "seconds": round(o.seconds, 3)}
+                       for o in outcomes], indent=2)
+
+
+@app.command("reconstruct")
+def reconstruct_cli(
+    inputs: List[Path] = typer.Argument(..., help="k-space files (fastMRI or ISMRMRD HDF5) or folders."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (created)."),
+    method: str = typer.Option("cs", help="zero-filled | sense | cs | meta | adapted"),
+    formats: List[str] = typer.Option(["h5", "nifti"], "--format", "-f", help="h5 | nifti | dicom (repeatable)."),
+    model: Optional[Path] = typer.Option(None, help="Network weights for --method adapted (or meta)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    cs_lam: float = typer.Option(0.005, help="L1-wavelet weight for --method cs (scale-normalised data)."),
+    batch: int = typer.Option(4, help="Slices per network batch (halved on GPU out-of-memory)."),
+    resume: bool = typer.Option(False, help="Skip inputs whose outputs and manifest already match."),
+    overwrite: bool = typer.Option(False, help="Redo inputs whose outputs exist."),
+    shard: Optional[str] = typer.Option(None, help="i/n: only the i-th of n deterministic shards."),
+    anonymize: bool = typer.Option(False, help="Blank patient and study identifiers in DICOM."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+):
+    """Reconstruct k-space files into images (HDF5, NIfTI, DICOM).
+
+    Example: mp reconstruct scans/ --out recon/ --method cs --format nifti --format dicom
+    """
+    with _guard():
+        from mpcli.batch import (check_output_dir, collect_inputs, output_stems, parse_shard,
+                                 run_batch, select_shard)
+        from mpcli.device import resolve_device
+        from mpcli.errors import InputError
+        from mpcli.reconstruct import FORMATS, METHODS, ReconOptions, reconstruct_scan, write_outputs
+
+        if method not in METHODS:
+            raise InputError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        bad = [f for f in formats if f not in FORMATS]
+        if bad:
+            raise InputError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
+        check_output_dir(out_dir, inputs)
+        files = collect_inputs(inputs)
+        stems = output_stems(files)
+        files = select_shard(files, parse_shard(shard))
+        dev = resolve_device(device)
+        net, model_sha = _load_network(method, model, dev)
+        options = ReconOptions(method=method, formats=tuple(dict.fromkeys(formats)), cs_lam=cs_lam,
+                               batch=batch, anonymize=anonymize)
+
+        def process(scan, stem):
+            recon = reconstruct_scan(scan, options, dev, model=net, model_sha256=model_sha)
+            return write_outputs(recon, out_dir, stem, options)
+
+        with _progress() as progress:
+            task = progress.add_task(f"reconstruct ({method})", total=len(files))
+            outcomes = run_batch(files, out_dir, process, model_sha256=model_sha,
+                                 options=options.manifest(), resume=resume, overwrite=overwrite,
+                                 stems=stems, on_file=lambda o: progress.advance(task))
+        _report(outcomes, as_json, "mp reconstruct")
+        raise typer.Exit(_batch_exit(outcomes))
+
+
+def _load_network(method: str, model: Optional[Path], dev):
+    """(module, sha256) for network methods, (None, None) otherwise."""
+    if method not in ("meta", "adapted"):
+        return None, None
+    from mpcli.errors import InputError
+    from mpcli.io.weights import SHIPPED_PRIOR, load_model
+
+    if method == "adapted" and model is None:
+        raise InputError(None, "--method adapted needs --model FILE (written by mp adapt --out)")
+    net, meta = load_model(model or SHIPPED_PRIOR, device=dev)
+    return net, meta["sha256"]
+
+
+def _report(outcomes, as_json: bool, title: str):
+    if as_json:
+        print(_outcomes_json(outcomes))
+    else:
+        out.print(_outcome_table(outcomes, title))
+    for o in outcomes:
+        if o.status == "failed":
+            err.print(f"mp: error: {o.error}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("eval")
+def eval_cli(
+    preds: List[Path] = typer.Argument(..., help="Reconstructions (our .h5 or .nii/.nii.gz)."),
+    ref: Path = typer.Option(..., "--ref", help="Reference: fastMRI file with reconstruction_rss, .h5 or NIfTI."),
+    figure: Optional[Path] = typer.Option(None, help="Write a montage PNG (reference, methods, error maps)."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON on stdout."),
+):
+    """Score reconstructions against a reference: NMSE, PSNR, SSIM (fastMRI definitions).
+
+    Example: mp eval recon/scan.h5 other/scan.h5 --ref sample_data/brain_fastmri.h5
+    """
+    with _guard():
+        from mpcli.evaluate import evaluate, results_json, results_table
+
+        results = evaluate(list(preds), ref)
+        if figure is not None:
+            from mpcli.evaluate import figure_from_files
+
+            figure_from_files(list(preds), ref, figure, results)
+        if as_json:
+            print(results_json(results))
+        else:
+            out.print(results_table(results))
+
+
+@app.command("info")
+def info_cli(
+    inputs: List[Path] = typer.Argument(..., help="k-space files or folders."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
+):
+    """Describe k-space files: format, shape, acceleration, geometry (no patient data)."""
+    with _guard():
+        from rich.table import Table
+
+        from mpcli.batch import collect_inputs
+        from mpcli.io.readers import read_scans
+
+        rows = []
+        for f in collect_inputs(inputs):
+            for scan in read_scans(f):
+                g = scan.geometry
+                rows.append({"file": str(f), "frame": scan.frame, "format": scan.format,
+                             "shape": list(scan.shape), "recon_size": list(scan.recon_size),
+                             "acceleration": round(scan.acceleration, 2),
+                             "voxel_mm": [round(v, 3) for v in g.voxel_size],
+                             "geometry": "assumed" if g.assumed else "from header"})
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table(title="mp info")
+        for col in rows[0] if rows else ["file"]:
+            table.add_column(col)
+        for r in rows:
+            table.add_row(*(str(v) for v in r.values()))
+        out.print(table)
+
+
+def main():
+    """Console-script entry point."""
+    try:
+        app()
+    except SystemExit as exc:  # typer/click exit codes pass through
+        sys.exit(exc.code)
