@@ -1,0 +1,116 @@
+"""Coil maps (ESPIRiT through sigpy) and RSS: properties on small synthetic data."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+
+sp = pytest.importorskip("sigpy")
+import sigpy.mri as mr  # noqa: E402
+
+from mpcli.physics.coils import (  # noqa: E402
+    acs_width,
+    calibration_width,
+    estimate_maps,
+    rss,
+    sense_combine,
+)
+from mpcli.physics.fft import fft2c  # noqa: E402
+
+N, C = 64, 4
+
+
+def _phantom():
+    """Shepp–Logan image [H, W] and smooth birdcage maps [C, H, W], Σ|S|² = 1."""
+    img = torch.from_numpy(sp.shepp_logan((N, N)).astype(np.complex64))  # [H, W]
+    maps = torch.from_numpy(mr.birdcage_maps((C, N, N)).astype(np.complex64))  # [C, H, W]
+    maps = maps / maps.abs().pow(2).sum(0, keepdim=True).sqrt()
+    return img, maps
+
+
+def _kspace(img, maps, noise=0.0, seed=0):
+    k = fft2c(maps * img)[None]  # [1, C, H, W]
+    if noise:
+        g = torch.Generator().manual_seed(seed)
+        k = k + noise * torch.randn(k.shape, dtype=torch.complex64, generator=g)
+    return k
+
+
+def _line_mask(every: int, centre: int) -> torch.Tensor:
+    mask = torch.zeros(1, 1, N, N)  # [1, 1, H, W]
+    mask[..., ::every] = 1
+    mask[..., N // 2 - centre // 2 : N // 2 - centre // 2 + centre] = 1
+    return mask
+
+
+def test_espirit_maps_match_true_maps_up_to_phase():
+    img, maps = _phantom()
+    est = estimate_maps(_kspace(img, maps))  # [1, C, H, W]
+    assert est.shape == (1, C, N, N) and est.dtype == torch.complex64
+    obj = img.abs() > 0
+    coherence = (est[0].conj() * maps).sum(0).abs()  # [H, W]: |<Ŝ, S>| per pixel
+    assert float(coherence[obj].min()) > 0.98
+
+
+def test_espirit_projection_recovers_coil_images():
+    img, maps = _phantom()
+    est = estimate_maps(_kspace(img, maps))[0]  # [C, H, W]
+    coil_images = maps * img  # [C, H, W]
+    projected = est * sense_combine(coil_images, est)  # Ŝ Ŝᴴ x_c
+    err = (projected - coil_images).norm() / coil_images.norm()
+    assert float(err) < 0.02
+
+
+def test_espirit_from_undersampled_acs_lines():
+    img, maps = _phantom()
+    mask = _line_mask(every=3, centre=12)  # [1, 1, H, W]
+    est = estimate_maps(_kspace(img, maps) * mask, mask)  # [1, C, H, W]
+    coherence = (est[0].conj() * maps).sum(0).abs()
+    assert float(coherence[img.abs() > 0].mean()) > 0.98
+
+
+def test_espirit_maps_are_zero_far_outside_object_and_unit_inside():
+    img, maps = _phantom()
+    est = estimate_maps(_kspace(img, maps, noise=0.01))[0]  # [C, H, W]
+    energy = est.abs().pow(2).sum(0)  # [H, W]
+    obj = (img.abs() > 0).numpy()
+    far = torch.from_numpy(~ndi.binary_dilation(obj, iterations=4))
+    assert torch.allclose(energy[torch.from_numpy(obj)], torch.ones(()), atol=1e-3)
+    assert float((energy[far] == 0).float().mean()) > 0.8
+
+
+def test_acs_width_of_line_and_block_masks():
+    assert acs_width(_line_mask(every=4, centre=10)) == 10
+    block = torch.zeros(1, 1, N, N)
+    block[..., N // 2 - 12 : N // 2 + 12, N // 2 - 12 : N // 2 + 12] = 1
+    block[..., ::7, ::5] = 1
+    assert acs_width(block) == 24
+    assert acs_width(torch.zeros(1, 1, N, N)) == 0
+
+
+def test_calibration_width_is_clipped_and_warns_when_narrow(caplog):
+    assert calibration_width(_line_mask(every=4, centre=40)) == 24
+    assert calibration_width(_line_mask(every=4, centre=12)) == 12
+    with caplog.at_level(logging.WARNING, logger="mpcli.physics.coils"):
+        assert calibration_width(_line_mask(every=4, centre=6)) == 6
+    assert "fully sampled centre lines" in caplog.text
+
+
+def test_espirit_runs_with_narrow_acs():
+    img, maps = _phantom()
+    mask = _line_mask(every=2, centre=6)
+    est = estimate_maps(_kspace(img, maps) * mask, mask)
+    assert torch.isfinite(est.abs()).all()
+    coherence = (est[0].conj() * maps).sum(0).abs()
+    assert float(coherence[img.abs() > 0].mean()) > 0.8
+
+
+def test_rss_of_sense_coil_images_is_image_magnitude():
+    img, maps = _phantom()
+    out = rss(maps * img)  # [H, W]
+    assert out.dtype == torch.float32 and out.shape == (N, N)
+    assert torch.allclose(out, img.abs(), atol=1e-6)
