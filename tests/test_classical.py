@@ -1,0 +1,193 @@
+"""Zero-filled, CG-SENSE and L1-wavelet CS; device resolution. Small synthetic data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sp = pytest.importorskip("sigpy")
+import sigpy.mri as mr  # noqa: E402
+
+from mpcli.device import is_oom, resolve_device  # noqa: E402
+from mpcli.errors import DeviceError  # noqa: E402
+from mpcli.physics.coils import rss  # noqa: E402
+from mpcli.physics.fft import fft2c, ifft2c  # noqa: E402
+from mpcli.physics.sense import Sense  # noqa: E402
+from mpcli.recon.classical import (  # noqa: E402
+    cg_sense,
+    conjugate_gradient,
+    l1_wavelet,
+    reconstruct_classical,
+    zero_filled,
+)
+from mpcli.scan import Geometry, Scan  # noqa: E402
+
+N, C = 64, 4
+
+
+def _truth(n=N, batch=1):
+    """Shepp–Logan images [B, H, W] (varied per slice) and unit-norm maps [B, C, H, W]."""
+    img = torch.from_numpy(sp.shepp_logan((n, n)).astype(np.complex64))
+    imgs = torch.stack([img * (1 + 0.5 * b) * np.exp(1j * 0.3 * b) for b in range(batch)])
+    maps = torch.from_numpy(mr.birdcage_maps((C, n, n)).astype(np.complex64))
+    maps = maps / maps.abs().pow(2).sum(0, keepdim=True).sqrt()
+    return imgs.to(torch.complex64), maps.expand(batch, C, n, n).contiguous()
+
+
+def _line_mask(n, accel, centre, seed=None):
+    """[1, 1, 1, W] 1-D mask: equispaced (seed None) or random lines, plus centre."""
+    mask = torch.zeros(1, 1, 1, n)
+    if seed is None:
+        mask[..., ::accel] = 1
+    else:
+        g = torch.Generator().manual_seed(seed)
+        mask[..., torch.rand(n, generator=g) < (n / accel - centre) / (n - centre)] = 1
+    mask[..., n // 2 - centre // 2 : n // 2 - centre // 2 + centre] = 1
+    return mask
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_zero_filled_of_full_kspace_is_rss_of_coil_images():
+    img, maps = _truth(batch=2)
+    coil_images = maps * img[:, None]  # [B, C, H, W]
+    out = zero_filled(fft2c(coil_images))  # [B, H, W]
+    assert out.dtype == torch.float32 and out.shape == (2, N, N)
+    assert torch.allclose(out, rss(coil_images), atol=1e-5)
+
+
+def test_cg_sense_recovers_image_from_full_noiseless_data():
+    img, maps = _truth()
+    A = Sense(maps, torch.ones(1, 1, N, N))
+    x = cg_sense(A(img), A, iters=30)
+    assert x.shape == (1, N, N) and x.is_complex()
+    assert _rel(x, img) < 1e-3
+
+
+def test_cg_sense_beats_zero_filled_at_2x():
+    img, maps = _truth()
+    A = Sense(maps, _line_mask(N, 2, 8))
+    y = A(img)  # [1, C, H, W]
+    x = cg_sense(y, A, iters=50)
+    err_sense = _rel(x.abs(), img.abs())
+    err_zf = _rel(zero_filled(y), img.abs())
+    assert err_sense < 1e-2 < err_zf
+
+
+def test_cg_converges_and_quadratic_objective_decreases():
+    img, maps = _truth()
+    A = Sense(maps, _line_mask(N, 3, 8))
+    y = A(img)
+    mu = 1e-3
+
+    def normal(v):
+        return A.H(A(v)) + mu * v
+
+    def objective(v):  # ½‖Av − y‖² + μ/2‖v‖², minimised by CG over Krylov spaces
+        return float(0.5 * (A(v) - y).norm() ** 2 + 0.5 * mu * v.norm() ** 2)
+
+    _, history = conjugate_gradient(normal, A.H(y), iters=60, tol=0)
+    assert history[0] == pytest.approx(1.0)
+    assert history[-1] < 1e-4
+    values = [objective(cg_sense(y, A, tikhonov=mu, iters=k)) for k in (1, 2, 4, 8, 16)]
+    assert all(b <= a * (1 + 1e-5) for a, b in zip(values, values[1:]))
+    assert values[-1] < 0.5 * values[0]
+
+
+def test_cg_sense_batch_is_independent_per_slice():
+    img, maps = _truth(batch=2)
+    mask = torch.cat([_line_mask(N, 2, 8), _line_mask(N, 3, 8, seed=1)])  # [2, 1, 1, W]
+    A = Sense(maps, mask)
+    y = A(img)
+    both = cg_sense(y, A, iters=10)
+    one = cg_sense(y[1:], Sense(maps[1:], mask[1:]), iters=10)
+    assert _rel(both[1:], one) < 1e-5
+
+
+def test_cs_beats_zero_filled_at_4x_poisson():
+    img, maps = _truth()
+    poisson = mr.poisson((N, N), 4, calib=(12, 12), seed=0).real.astype(np.float32)
+    mask = torch.from_numpy(poisson)[None, None]  # [1, 1, H, W], 2-D Poisson disc
+    y = fft2c(maps * img[:, None]) * mask
+    x = l1_wavelet(y, maps, mask, lam=1e-3, iters=100)  # [1, H, W]
+    assert x.shape == (1, N, N) and x.dtype == torch.complex64
+    err_cs, err_zf = _rel(x.abs(), img.abs()), _rel(zero_filled(y), img.abs())
+    assert err_cs < 0.5 * err_zf, (err_cs, err_zf)
+
+
+def test_cs_result_does_not_depend_on_data_scale():
+    img, maps = _truth()
+    mask = _line_mask(N, 4, 8, seed=0).expand(1, 1, N, N)
+    y = fft2c(maps * img[:, None]) * mask
+    a = l1_wavelet(y, maps, mask, lam=3e-3, iters=30)
+    b = l1_wavelet(1000 * y, maps, mask, lam=3e-3, iters=30)
+    assert _rel(b / 1000, a) < 1e-3
+
+
+def _scan(kspace, mask, recon_size):
+    return Scan(
+        kspace=kspace,
+        mask=mask,
+        geometry=Geometry.default(kspace.shape[0]),
+        source=Path("synthetic.h5"),
+        sha256="0" * 64,
+        format="fastmri",
+        recon_size=recon_size,
+    )
+
+
+@pytest.mark.parametrize("method", ["zero-filled", "sense", "cs"])
+def test_reconstruct_classical_returns_cropped_float_magnitude(method):
+    img, maps = _truth(batch=2)
+    mask = _line_mask(N, 2, 12).expand(2, 1, N, N).contiguous()  # [S, 1, H, W]
+    ksp = fft2c(maps * img[:, None]) * mask
+    out = reconstruct_classical(_scan(ksp, mask, (48, 40)), method, device="cpu", iters=20)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    assert out.shape == (2, 48, 40)
+    ref = img.abs()[:, 8:56, 12:52].numpy()
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.5
+
+
+def test_reconstruct_classical_rejects_unknown_method_and_option():
+    img, maps = _truth()
+    mask = torch.ones(1, 1, N, N)
+    scan = _scan(fft2c(maps * img[:, None]), mask, (N, N))
+    with pytest.raises(ValueError, match="unknown method"):
+        reconstruct_classical(scan, "grappa", device="cpu")
+    with pytest.raises(ValueError, match="unknown option"):
+        reconstruct_classical(scan, "sense", device="cpu", lamda=1.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_raises_device_error():
+    with pytest.raises(DeviceError, match="no GPU is available"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError):
+        resolve_device("cuda:1")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_resolve_device_names():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(" CPU ") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("gpu")
+
+
+def test_is_oom_recognises_torch_oom_only():
+    assert is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert not is_oom(RuntimeError("something else"))
+    assert not is_oom(MemoryError())
+
+
+def test_ifft_of_zero_filled_kspace_keeps_acquired_samples():
+    # zero-filled image's k-space equals the acquired samples (data consistency)
+    img, maps = _truth()
+    mask = _line_mask(N, 4, 8)
+    y = fft2c(maps * img[:, None]) * mask
+    assert torch.allclose(fft2c(ifft2c(y)) * mask, y, atol=1e-5)
