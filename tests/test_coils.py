@@ -90,6 +90,7 @@ def test_acs_width_of_line_and_block_masks():
     block[..., ::7, ::5] = 1
     assert acs_width(block) == 24
     assert acs_width(torch.zeros(1, 1, N, N)) == 0
+    assert acs_width(_line_mask(every=4, centre=10)[..., :1, :]) == 10  # [1, 1, 1, W]
 
 
 def test_calibration_width_is_clipped_and_warns_when_narrow(caplog):

@@ -30,15 +30,18 @@ MIN_CALIB = 8  # below this the calibration matrix is poorly determined
 def acs_width(mask: torch.Tensor) -> int:
     """Width of the fully sampled square block at the k-space centre.
 
-    ``mask`` is ``[H, W]`` (or anything whose last two axes are H, W and whose
-    leading axes are reduced by "sampled in all"). The block of width w is
+    ``mask`` is ``[..., H, W]`` or a line mask ``[..., 1, W]``; leading axes
+    are reduced by "sampled in all". The block of width w is
     ``mask[H//2 − w//2 : H//2 − w//2 + w, W//2 − w//2 : …]`` (the crop that
     sigpy's ``resize`` takes); successive blocks are nested, so the first
     block with a hole ends the search. For a 1-D (line) mask this is the number
     of fully sampled centre lines.
     """
-    m = mask.reshape(-1, *mask.shape[-2:]).amin(dim=0) > 0  # [H, W]
+    m = mask.reshape(-1, *mask.shape[-2:]).amin(dim=0) > 0  # [H, W] (or [1, W])
     h, w = m.shape
+    if h == 1:  # a line mask [..., 1, W]: every sampled column is a full line
+        h = w
+        m = m.expand(w, w)
     width = 0
     for n in range(1, min(h, w) + 1):
         top, left = h // 2 - n // 2, w // 2 - n // 2
@@ -99,7 +102,10 @@ def estimate_maps(
     out_device = kspace.device
     dev = torch.device(device) if device is not None else out_device
     if calib_width is None:
-        calib_width = calibration_width(mask if mask is not None else mask_from_kspace(kspace))
+        if mask is None:
+            mask = mask_from_kspace(kspace)  # [S, 1, H, W]
+        mask = torch.broadcast_to(mask, (kspace.shape[0], 1, *kspace.shape[-2:]))  # [S, 1, H, W]
+        calib_width = calibration_width(mask)
     calib_width = min(calib_width, *kspace.shape[-2:])
     if kernel_width is None:
         kernel_width = max(2, min(6, calib_width // 2))
