@@ -20,7 +20,6 @@ Seeding per file: fastMRI seeds with ``tuple(map(ord, fname))``
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
 
 import numpy as np

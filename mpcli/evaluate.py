@@ -1,0 +1,184 @@
+"""The library behind ``mp eval PRED... --ref REF``: load volumes, compare, tabulate.
+
+A volume is a real magnitude image ``[S, H, W]`` float32, read from:
+
+- our HDF5 outputs (dataset ``reconstruction``),
+- fastMRI files (``reconstruction_rss``, else ``reconstruction_esc``),
+- NIfTI ``.nii`` / ``.nii.gz`` (array order ``[H, W, S]`` in the file, as our
+  writer stores it; transposed to ``[S, H, W]``).
+
+Each prediction and the reference are centre-cropped to the reference's (H, W)
+(fastMRI crops the reconstruction to the target size; fastMRI references are
+square, 320 × 320, so this is the same as fastMRI's crop) and scored with
+:mod:`mpcli.metrics` (NMSE, PSNR, SSIM per volume, data range = reference max).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mpcli import metrics
+from mpcli.errors import InputError
+from mpcli.scan import center_crop
+
+H5_KEYS = ("reconstruction", "reconstruction_rss", "reconstruction_esc")
+H5_SUFFIXES = (".h5", ".hdf5", ".mrd")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class Result:
+    """Scores of one prediction against the reference (after the crop)."""
+
+    name: str
+    nmse: float
+    psnr: float
+    ssim: float
+    shape: tuple[int, int, int]
+
+
+def volume_name(path: Path) -> str:
+    """File name without its image suffix (``a.nii.gz`` → ``a``)."""
+    name = path.name
+    for suffix in NIFTI_SUFFIXES[::-1] + H5_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _as_volume(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Magnitude float32 ``[S, H, W]``; InputError when not an image volume."""
+    arr = np.asarray(arr)
+    if np.iscomplexobj(arr):
+        arr = np.abs(arr)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InputError(path, f"image has non-numeric type {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or min(arr.shape) == 0:
+        raise InputError(path, f"expected an image volume [slices, H, W], got shape {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise InputError(path, "image contains NaN or infinite values")
+    return arr
+
+
+def _load_h5(path: Path) -> tuple[np.ndarray, dict]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            key = next((k for k in H5_KEYS if k in f and isinstance(f[k], h5py.Dataset)), None)
+            if key is None:
+                raise InputError(path, "no image in the file (no reconstruction, "
+                                       "reconstruction_rss or reconstruction_esc dataset)")
+            arr = f[key][()]
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()
+                     if isinstance(v, (str, int, float, np.generic))}
+    except InputError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise InputError(path, f"not a readable HDF5 file ({err})") from None
+    return _as_volume(arr, path), {"format": "hdf5", "dataset": key, "attrs": attrs}
+
+
+def _load_nifti(path: Path) -> tuple[np.ndarray, dict]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        arr = np.asanyarray(img.dataobj)
+        affine = np.asarray(img.affine)
+    except Exception as err:  # noqa: BLE001 - nibabel raises many types for broken files
+        raise InputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise InputError(path, f"expected a 3-D NIfTI image [H, W, S], got shape {arr.shape}")
+    return _as_volume(np.transpose(arr, (2, 0, 1)), path), {"format": "nifti", "affine": affine.tolist()}
+
+
+def load_volume(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read an image volume ``[S, H, W]`` float32 (magnitude) and a small meta dict.
+
+    Meta: ``format`` ("hdf5" | "nifti"), ``path``, and ``dataset`` + ``attrs``
+    (HDF5) or ``affine`` (NIfTI). Raises :class:`InputError` when the file is
+    missing, unreadable, of another format, or holds no finite image volume.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    lower = path.name.lower()
+    if lower.endswith(H5_SUFFIXES):
+        vol, meta = _load_h5(path)
+    elif lower.endswith(NIFTI_SUFFIXES):
+        vol, meta = _load_nifti(path)
+    else:
+        raise InputError(path, "unsupported format (expected .h5/.hdf5 or .nii/.nii.gz)")
+    meta["path"] = str(path)
+    return vol, meta
+
+
+def compare(pred: np.ndarray, ref: np.ndarray, name: str, pred_path: Path | None = None) -> Result:
+    """Score volume ``pred [S, H', W']`` against ``ref [S, H, W]`` after centre crops.
+
+    Raises InputError (naming ``pred_path``) when slice counts differ or the
+    prediction is smaller than the reference in-plane.
+    """
+    where = pred_path if pred_path is not None else name
+    if pred.shape[0] != ref.shape[0]:
+        raise InputError(where, f"has {pred.shape[0]} slices, the reference has {ref.shape[0]}")
+    size = tuple(ref.shape[-2:])
+    pred = center_crop(pred, size)
+    if tuple(pred.shape[-2:]) != size:
+        raise InputError(where, f"image {pred.shape[-2:]} is smaller than the reference {size}")
+    return Result(
+        name=name,
+        nmse=metrics.nmse(ref, pred),
+        psnr=metrics.psnr(ref, pred),
+        ssim=metrics.ssim(ref, pred),
+        shape=tuple(int(n) for n in pred.shape),  # type: ignore[arg-type]
+    )
+
+
+def evaluate_one(pred: str | Path, ref_volume: np.ndarray) -> Result:
+    """Load one prediction file and score it against an already loaded reference."""
+    pred = Path(pred)
+    vol, _ = load_volume(pred)
+    return compare(vol, ref_volume, volume_name(pred), pred)
+
+
+def evaluate(preds: list[Path], ref: Path) -> list[Result]:
+    """Score each prediction file against the reference file, in order.
+
+    Raises InputError on the first bad file (use :func:`evaluate_one` per file
+    to keep going past failures in a batch).
+    """
+    ref_vol, _ = load_volume(ref)
+    return [evaluate_one(p, ref_vol) for p in preds]
+
+
+def results_table(results: list[Result]):
+    """A rich table: file, shape, NMSE, PSNR (dB), SSIM."""
+    from rich.table import Table
+
+    table = Table(title="Evaluation against the reference")
+    table.add_column("file")
+    table.add_column("shape", justify="right")
+    table.add_column("NMSE", justify="right")
+    table.add_column("PSNR (dB)", justify="right")
+    table.add_column("SSIM", justify="right")
+    for r in results:
+        table.add_row(r.name, "×".join(map(str, r.shape)), f"{r.nmse:.4g}", f"{r.psnr:.2f}", f"{r.ssim:.4f}")
+    return table
+
+
+def results_json(results: list[Result]) -> str:
+    """JSON list of ``{name, nmse, psnr, ssim, shape}`` objects."""
+    return json.dumps([{**asdict(r), "shape": list(r.shape)} for r in results], indent=2)
