@@ -58,12 +58,13 @@ _PROTOCOL_ALIASES: dict[str, tuple[str, ...]] = {
     "EchoTrainLength": ("EchoTrainLength", "echo_train_length", "etl"),
     "MagneticFieldStrength": ("MagneticFieldStrength", "field_strength", "systemFieldStrength_T",
                               "field_strength_T"),
-    "ImagingFrequency": ("ImagingFrequency", "H1resonanceFrequency_Hz"),
+    "ImagingFrequency": ("ImagingFrequency",),  # MHz; ISMRMRD H1resonanceFrequency_Hz is converted
     "SequenceName": ("SequenceName", "sequence", "sequence_type", "sequence_name"),
     "ScanningSequence": ("ScanningSequence",),
     "SequenceVariant": ("SequenceVariant",),
     "PatientPosition": ("PatientPosition", "patient_position", "patientPosition"),
     "BodyPartExamined": ("BodyPartExamined", "body_part"),
+    "ProtocolName": ("ProtocolName", "protocolName", "acquisition"),
 }
 _PATIENT_POSITIONS = {"HFP", "HFS", "HFDR", "HFDL", "FFDR", "FFDL", "FFP", "FFS", "LFP", "LFS",
                       "RFP", "RFS", "AFDR", "AFDL", "PFDR", "PFDL"}
@@ -142,12 +143,15 @@ def _scanning_sequence(protocol: dict) -> str:
     if explicit in ("SE", "IR", "GR", "EP", "RM"):
         return explicit
     seq = str(_protocol_value(protocol, "SequenceName") or "").lower()
-    for words, code in ((("epi", "echo planar", "echoplanar"), "EP"),
+    tokens = set(re.split(r"[^a-z0-9]+", seq))
+    for words, code in ((("epi", "echoplanar", "echo planar"), "EP"),
                         (("inversion", "flair", "stir", "mprage"), "IR"),
-                        (("gradient", "gre", "flash", "fl3d", "fl2d", "spgr", "fisp", "bssfp"), "GR"),
-                        (("spin", "tse", "fse", "se"), "SE")):
-        if any(w in seq for w in words):
+                        (("gradient", "gre", "flash", "spgr", "fisp", "ssfp"), "GR"),
+                        (("spin", "spinecho", "tse", "fse", "turbo"), "SE")):
+        if any(w in seq for w in words if len(w) > 3) or tokens & set(words):
             return code
+    if "se" in tokens:
+        return "SE"
     return "RM"
 
 
@@ -227,7 +231,13 @@ def _series_template(*, geometry: Geometry, identity: dict, protocol: dict, prov
     ds.SeriesNumber = series_number if series_number is not None else 1000 + (int(number) if number else 0)
     ds.SeriesDate = ds.StudyDate
     ds.SeriesTime = ds.StudyTime
-    ds.SeriesDescription = _text("SeriesDescription", series_description or f"mp {method}")
+    if series_description is None:
+        original = _text("SeriesDescription", ident.get("SeriesDescription"))
+        series_description = f"mp {method}" + (f" ({original})" if original else "")
+    ds.SeriesDescription = _text("SeriesDescription", series_description)
+    protocol_name = "" if anonymize else _text("ProtocolName", _protocol_value(protocol, "ProtocolName"))
+    if protocol_name:
+        ds.ProtocolName = protocol_name
     ds.Laterality = ""  # type 2C: paired body part unknown
     pos = _text("PatientPosition", _protocol_value(protocol, "PatientPosition"))
     ds.PatientPosition = pos if pos in _PATIENT_POSITIONS else ""
@@ -240,9 +250,10 @@ def _series_template(*, geometry: Geometry, identity: dict, protocol: dict, prov
     # General Equipment: the equipment that made these instances is mp
     ds.Manufacturer = "mpcli"
     ds.ManufacturerModelName = "mp"
+    # the 64-character hash is not last: an odd total gets a pad space on the last value
     ds.SoftwareVersions = [v for v in (_text("SoftwareVersions", f"mp {version}"),
-                                       _text("SoftwareVersions", method),
-                                       _text("SoftwareVersions", model)) if v]
+                                       _text("SoftwareVersions", model),
+                                       _text("SoftwareVersions", method)) if v]
     # General Image / General Acquisition
     ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]  # MR requires a value 3
     ds.ContentDate = ds.StudyDate
@@ -283,6 +294,8 @@ def _series_template(*, geometry: Geometry, identity: dict, protocol: dict, prov
         setattr(ds, key, _text(key, _protocol_value(protocol, key)))
     if scanning == "IR" or _protocol_value(protocol, "InversionTime") is not None:
         ds.InversionTime = _text("InversionTime", _protocol_value(protocol, "InversionTime"))
+    if protocol.get("H1resonanceFrequency_Hz") and not protocol.get("ImagingFrequency"):
+        protocol = {**protocol, "ImagingFrequency": float(_first(protocol["H1resonanceFrequency_Hz"])) / 1e6}
     for key in ("FlipAngle", "MagneticFieldStrength", "ImagingFrequency"):
         v = _text(key, _protocol_value(protocol, key))
         if v:
@@ -309,7 +322,7 @@ def _file_meta(sop_uid: UID, version: str) -> FileMetaDataset:
 def write_dicom_series(out_dir: str | Path, image, geometry: Geometry, *, identity: dict[str, str],
                        protocol: dict, provenance: dict, anonymize: bool = False,
                        series_description: str | None = None, series_number: int | None = None,
-                       overwrite: bool = False) -> list[Path]:
+                       overwrite: bool = True) -> list[Path]:
     """Write a magnitude volume ``[S, H, W]`` as one MR Image Storage series (one file per slice).
 
     Args:
@@ -327,7 +340,9 @@ def write_dicom_series(out_dir: str | Path, image, geometry: Geometry, *, identi
             frame-of-reference UIDs.
         series_description: SeriesDescription (default ``"mp {method}"``).
         series_number: SeriesNumber (default 1000 + the input's, or 1000).
-        overwrite: replace an existing ``out_dir``.
+        overwrite: replace an existing ``out_dir`` (safely, see :func:`atomic_dir`);
+            when False an existing ``out_dir`` raises :class:`OutputError`. The
+            overwrite *policy* belongs to the caller (the batch runner).
 
     Returns: the slice files, in slice order (``InstanceNumber`` k + 1).
 
@@ -359,7 +374,9 @@ def write_dicom_series(out_dir: str | Path, image, geometry: Geometry, *, identi
     # one scan lands in one study and shares its patient coordinate frame
     study_uid = UID(given_study) if given_study else _uid(input_sha, tag, "study")
     for_uid = UID(given_for) if given_for else _uid(input_sha, tag, "frame of reference")
-    series_uid = _uid(input_sha, model_sha, version, method, tag, series_description or "", content, "series")
+    frame = str(provenance.get("frame") or "")
+    series_uid = _uid(input_sha, model_sha, version, method, frame, tag, series_description or "", content,
+                      "series")
 
     template = _series_template(
         geometry=geometry, identity=identity, protocol=protocol, provenance=provenance,

@@ -65,11 +65,13 @@ def nifti_image(image, geometry: Geometry, description: str = "mp") -> nib.Nifti
     return img
 
 
-def write_nifti(path: str | Path, image, geometry: Geometry, description: str = "mp", *, overwrite: bool = False) -> Path:
+def write_nifti(path: str | Path, image, geometry: Geometry, description: str = "mp", *,
+                overwrite: bool = True) -> Path:
     """Write ``image`` ``[S, H, W]`` as NIfTI-1 (``.nii`` or ``.nii.gz`` by suffix), atomically.
 
     Returns the path written. Raises :class:`OutputError` for a bad suffix, an
-    existing file without ``overwrite``, or a write failure.
+    existing file when ``overwrite`` is False, or a write failure. (The
+    overwrite *policy* belongs to the caller: the default replaces atomically.)
     """
     path = Path(path)
     name = path.name.lower()
