@@ -154,11 +154,11 @@ def noise_mixing(coils: int, seed: int = 0) -> np.ndarray:
     return (np.eye(coils) + 0.4 * a).astype(np.complex64)
 
 
-def correlated_noise(coils: int, samples: int, seed: int = 0, sigma: float = 0.01) -> np.ndarray:
-    """Complex noise ``[C, M]`` with coil covariance σ² · mix mixᴴ."""
+def correlated_noise(coils: int, samples: int, seed: int = 0, sigma: float = 0.01, mix_seed: int = 0) -> np.ndarray:
+    """Complex noise ``[C, M]`` with coil covariance σ² · mix mixᴴ (mix from ``mix_seed``)."""
     rng = np.random.default_rng(seed + 200)
     white = (rng.standard_normal((coils, samples)) + 1j * rng.standard_normal((coils, samples))) / np.sqrt(2)
-    return (sigma * noise_mixing(coils, seed) @ white).astype(np.complex64)
+    return (sigma * noise_mixing(coils, mix_seed) @ white).astype(np.complex64)
 
 
 # ----------------------------------------------------------------------------- bad inputs

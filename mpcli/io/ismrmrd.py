@@ -391,17 +391,15 @@ def _scans_from_acquisitions(path: Path, hdr, acqs: np.ndarray) -> list[Scan]:
     idx = h["idx"]
     if em.z > 1 and (idx["kspace_encode_step_2"] > 0).any():
         raise InputError(path, f"3-D acquisitions (encoded matrix z = {em.z}) are not supported")
-    ns_all, nc_all = h["number_of_samples"], h["active_channels"]
-    if len(np.unique(ns_all)) != 1 or len(np.unique(nc_all)) != 1:
-        raise InputError(path, "acquisitions differ in sample or coil count; not supported")
-    ns, nc = int(ns_all[0]), int(nc_all[0])
+    nc_all = h["active_channels"]
+    if len(np.unique(nc_all)) != 1:
+        raise InputError(path, "acquisitions differ in coil count; not supported")
+    nc = int(nc_all[0])
     nx, ny = int(em.x), int(em.y)
     raw = acqs["data"][keep]
     lengths = np.fromiter((len(d) for d in raw), dtype=np.int64, count=len(raw))
-    if (lengths != 2 * nc * ns).any():
-        raise InputError(path, f"header/data mismatch: acquisition data length is not 2×{nc} coils×{ns} samples")
-    data = np.stack(list(raw)).view(np.complex64).reshape(len(raw), nc, ns)  # [N, C, ns]
-    check_finite(path, data)
+    if (lengths != 2 * nc * h["number_of_samples"].astype(np.int64)).any():
+        raise InputError(path, "header/data mismatch: acquisition data length is not 2 × coils × samples")
 
     # noise prewhitening (noise lines must have the same coil count)
     whitener = None
@@ -420,8 +418,24 @@ def _scans_from_acquisitions(path: Path, hdr, acqs: np.ndarray) -> list[Scan]:
             t_noise, t_data = float(noise_h["sample_time_us"][0]), float(h["sample_time_us"][0])
             if t_noise > 0 and t_data > 0:
                 whitener = whitener * np.sqrt(t_data / t_noise)
-    if whitener is not None:
-        data = np.einsum("dc,ncs->nds", whitener.astype(np.complex64), data)  # [N, C, ns]
+
+    # bulk decode: one [G, C, ns] array per distinct (samples, centre, discard_pre, discard_post)
+    layout = np.stack([h["number_of_samples"], h["center_sample"], h["discard_pre"], h["discard_post"]],
+                      axis=1).astype(np.int64)
+    groups = []
+    for key in {tuple(int(v) for v in r) for r in layout}:
+        ns, cs, pre, post = key
+        gi = np.nonzero((layout == np.asarray(key)).all(axis=1))[0]
+        data = np.stack(list(raw[gi])).view(np.complex64).reshape(len(gi), nc, ns)  # [G, C, ns]
+        check_finite(path, data)
+        if whitener is not None:
+            data = np.einsum("dc,gcs->gds", whitener.astype(np.complex64), data)  # [G, C, ns]
+        smp = np.arange(pre, ns - post)
+        x = smp - cs + nx // 2 if cs > 0 else smp + (nx - ns) // 2
+        ok = (x >= 0) & (x < nx)
+        if not ok.any():
+            raise InputError(path, f"header/data mismatch: readout samples fall outside the encoded matrix x = {nx}")
+        groups.append((gi, data[:, :, smp[ok]], x[ok]))  # data [G, C, X]
 
     # phase-encode line → column
     lim = enc.encodingLimits.kspace_encoding_step_1 if enc.encodingLimits else None
@@ -433,8 +447,6 @@ def _scans_from_acquisitions(path: Path, hdr, acqs: np.ndarray) -> list[Scan]:
     n_slices = int(slc.max()) + 1
     frame_of = np.stack([idx["repetition"], idx["contrast"], idx["phase"], idx["set"]], axis=1).astype(np.int64)
 
-    # samples → readout positions, per distinct (center_sample, discard_pre, discard_post)
-    kx_maps = np.stack([h["center_sample"], h["discard_pre"], h["discard_post"]], axis=1).astype(np.int64)
     keys = sorted({tuple(int(v) for v in k) for k in frame_of})
     names = _frame_names(keys)
     geometry = _geometry(hdr, h, slc, n_slices)
@@ -445,17 +457,13 @@ def _scans_from_acquisitions(path: Path, hdr, acqs: np.ndarray) -> list[Scan]:
         sel = (frame_of == np.asarray(key)).all(axis=1)
         k = np.zeros((n_slices, nc, nx, ny), np.complex64)  # [S, C, H, W]
         count = np.zeros((n_slices, 1, nx, ny), np.float32)  # [S, 1, H, W]
-        for cs, pre, post in {tuple(int(v) for v in r) for r in kx_maps[sel]}:
-            g = sel & (kx_maps == np.asarray([cs, pre, post])).all(axis=1)
-            s = np.arange(pre, ns - post)
-            x = s - cs + nx // 2 if cs > 0 else s + (nx - ns) // 2
-            ok = (x >= 0) & (x < nx)
-            s, x = s[ok], x[ok]
-            if len(x) == 0:
-                raise InputError(path, f"header/data mismatch: readout samples fall outside the encoded matrix x = {nx}")
-            gi = np.nonzero(g)[0]
-            rows = (slc[gi][:, None], slice(None), x[None, :], ky[gi][:, None])
-            np.add.at(k, rows, data[gi][:, :, s].transpose(0, 2, 1))  # [G, X, C] (averages add up)
+        for gi, data, x in groups:
+            use = sel[gi]
+            if not use.any():
+                continue
+            li = gi[use]
+            rows = (slc[li][:, None], slice(None), x[None, :], ky[li][:, None])
+            np.add.at(k, rows, data[use].transpose(0, 2, 1))  # [G, X, C] (averages add up)
             np.add.at(count, rows, 1.0)
         acquired = count > 0
         k = np.where(acquired, k / np.maximum(count, 1), 0).astype(np.complex64)
