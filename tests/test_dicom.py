@@ -251,3 +251,13 @@ def test_existing_series_replaced_only_with_overwrite(tmp_path):
     write(out, g, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [f"IM{k:04d}.dcm" for k in range(1, S + 1)]
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temporary or old folder left
+
+
+@needs_dicom3tools
+def test_assumed_geometry_is_flagged_and_single_slice_is_clean(tmp_path):
+    image = marker_image()[:1]  # [1, H, W]
+    files = write_dicom_series(tmp_path / "s", image, Geometry.default(1, (0.5, 0.5, 4.0)), identity={},
+                               protocol={}, provenance=PROVENANCE)
+    ds = pydicom.dcmread(files[0])
+    assert "assumed" in ds.ImageComments and "SpacingBetweenSlices" not in ds
+    assert dciodvfy_errors(files[0]) == []

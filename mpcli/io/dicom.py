@@ -265,6 +265,8 @@ def _series_template(*, geometry: Geometry, identity: dict, protocol: dict, prov
         f"Reconstructed by mp {version}, method {method}, from raw k-space "
         f"sha256 {provenance.get('input_sha256') or 'unknown'}; model sha256 {model or 'none'}")
     ds.BurnedInAnnotation = "NO"
+    if geometry.assumed or provenance.get("geometry_assumed"):
+        ds.ImageComments = "Geometry assumed: the input file carried no position or orientation"
     ds.RealWorldValueMappingSequence = _real_world_mapping(slope, intercept)
     # Image Plane (shared part)
     dr, dp, thick = geometry.voxel_size
