@@ -1,0 +1,222 @@
+"""Unrolled reconstruction networks f_θ(y, A) for multi-coil MRI.
+
+Both networks take the measured k-space ``y`` ``[B, C, H, W]`` complex64 and the
+forward operator ``A`` (a :class:`~mpcli.physics.sense.Sense`, passed in, never
+stored) and return the image ``x̂`` ``[B, H, W]`` complex64, for any matrix size
+and coil count. They are plain ``nn.Module`` s whose forward mutates nothing, so
+they work under ``torch.func.functional_call`` (the meta-learning core).
+
+Scale normalisation (both networks)::
+
+    s_b = max(q_0.99(|Aᴴ y_b|), ε)        (detached, per sample b)
+    f(y, A) = s · g(y / s, A)
+
+so ``f(c·y) = c·f(y)`` for every c > 0 (the network is scale equivariant).
+
+PDNet — the paper's unrolled Chambolle–Pock / Condat–Vũ network (Terris & Moreau
+2023, after Adler & Öktem's learned primal-dual). K layers, k = 1..K::
+
+    x₀ = Aᴴy,  u₀ = 0
+    x_{k}  = x_{k-1} − τ_k (Aᴴ(A x_{k-1} − y) + W_kᵀ u_{k-1})
+    u_{k}  = clip(u_{k-1} + γ_k W_k(2x_{k} − x_{k-1}), −λ_k, λ_k)
+    x̂ = x_K
+
+W_k is a learned 3×3 convolution from the 2 real channels [Re x, Im x] to F
+filters (no bias), W_kᵀ its adjoint (``conv_transpose2d`` with the same weight),
+λ_k ``[F]`` learned positive thresholds (the clip is the projection onto the
+ℓ∞ ball, i.e. the dual of a learned ℓ1-analysis prior λ‖W x‖₁), τ_k, γ_k
+positive steps. Positive quantities are ``softplus`` of free parameters.
+
+Stability at initialisation: with ‖A‖ ≤ 1 (coil maps with Σ|S|² ≤ 1, binary
+mask) the Condat–Vũ condition 1/τ − γ‖W‖² > ‖A‖²/2 holds for τ₀ = 1, γ₀ = 0.4
+and ‖W_k‖ ≤ 1, which we guarantee by scaling each initial kernel to Frobenius
+norm 1/3 (for a 3×3 convolution ‖W‖ ≤ Σ_taps ‖w_tap‖₂ ≤ 3‖w‖_F). Training
+may leave that region; the learned steps are what the meta-prior encodes.
+
+ResUnroll — an unrolled proximal-gradient network in the style of MoDL/VarNet::
+
+    x₀ = Aᴴy
+    x_k = x_{k-1} − η_k Aᴴ(A x_{k-1} − y) + D_k(x_{k-1}),   x̂ = x_K
+
+with D a small residual CNN on [Re x, Im x]: conv3×3 (2 → F), (depth − 2) ×
+[ReLU, conv3×3 (F → F)], ReLU, conv3×3 (F → 2). D is shared across iterations
+by default (``shared=True``: fewer parameters, faster meta-learning); η_k > 0
+per iteration (η₀ = 1; ‖A‖ ≤ 1 makes the gradient step non-expansive).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCH_VERSION = 1
+"""Bumped whenever a change makes old weight files incompatible."""
+
+_EPS = 1e-8  # floor of the scale s (an all-zero input gives s = ε, output 0)
+
+
+def _softplus_inv(v: float) -> float:
+    """The free parameter ρ with softplus(ρ) = v (v > 0)."""
+    return math.log(math.expm1(v))
+
+
+def complex_to_channels(x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]`` complex → ``[B, 2, H, W]`` real ([Re, Im])."""
+    return torch.stack((x.real, x.imag), dim=1)  # [B, 2, H, W]
+
+
+def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
+    """``[B, 2, H, W]`` real → ``[B, H, W]`` complex."""
+    return torch.complex(x[:, 0], x[:, 1])  # [B, H, W]
+
+
+def robust_scale(xa: torch.Tensor, q: float = 0.99) -> torch.Tensor:
+    """Per-sample scale s_b = max(q-quantile of |xa_b|, ε), detached.
+
+    Args:
+        xa: images ``[B, H, W]`` complex (typically Aᴴy).
+    Returns:
+        ``[B, 1, 1]`` real, broadcastable against ``[B, H, W]``.
+    """
+    mag = xa.detach().abs().flatten(1)  # [B, H*W]
+    k = max(1, min(mag.shape[1], int(math.ceil(q * mag.shape[1]))))
+    s = mag.kthvalue(k, dim=1).values  # [B]
+    return s.clamp_min(_EPS)[:, None, None]  # [B, 1, 1]
+
+
+def _data_grad(x: torch.Tensor, y: torch.Tensor, A) -> torch.Tensor:
+    """Aᴴ(Ax − y), the gradient of ½‖Ax − y‖² (``[B, H, W]``)."""
+    return A.adjoint(A.forward(x) - y)  # [B, H, W]
+
+
+class PDNet(nn.Module):
+    """Unrolled primal–dual network (see the module docstring).
+
+    Args:
+        layers: number of unrolled iterations K (paper: 20).
+        filters: channels F of each learned W_k (paper: 40).
+        tau: initial primal step τ_k; gamma: initial dual step γ_k;
+        threshold: initial λ_k (in units of the robust scale s).
+    """
+
+    def __init__(self, layers: int = 20, filters: int = 40, tau: float = 1.0,
+                 gamma: float = 0.4, threshold: float = 0.05):
+        super().__init__()
+        self.layers, self.filters = int(layers), int(filters)
+        w = torch.randn(self.layers, self.filters, 2, 3, 3)  # [K, F, 2, 3, 3]
+        w = w / w.flatten(1).norm(dim=1)[:, None, None, None, None] / 3.0  # ‖w_k‖_F = 1/3
+        self.weight = nn.Parameter(w)
+        self.rho_tau = nn.Parameter(torch.full((self.layers,), _softplus_inv(tau)))
+        self.rho_gamma = nn.Parameter(torch.full((self.layers,), _softplus_inv(gamma)))
+        self.rho_lambda = nn.Parameter(
+            torch.full((self.layers, self.filters), _softplus_inv(threshold)))
+
+    def forward(self, y: torch.Tensor, A) -> torch.Tensor:
+        """x̂ = f_θ(y, A): ``y`` ``[B, C, H, W]`` complex → ``[B, H, W]`` complex."""
+        s = robust_scale(A.adjoint(y))  # [B, 1, 1]
+        y = y / s[:, None]  # [B, C, H, W]
+        x = A.adjoint(y)  # [B, H, W]
+        b, h, w = x.shape
+        u = x.new_zeros((b, self.filters, h, w), dtype=x.real.dtype)  # [B, F, H, W]
+        tau = F.softplus(self.rho_tau)  # [K]
+        gamma = F.softplus(self.rho_gamma)  # [K]
+        lam = F.softplus(self.rho_lambda)[:, None, :, None, None]  # [K, 1, F, 1, 1]
+        for k in range(self.layers):
+            wk = self.weight[k]  # [F, 2, 3, 3]
+            wtu = channels_to_complex(F.conv_transpose2d(u, wk, padding=1))  # [B, H, W]
+            x_new = x - tau[k] * (_data_grad(x, y, A) + wtu)  # [B, H, W]
+            z = complex_to_channels(2 * x_new - x)  # [B, 2, H, W]
+            u = u + gamma[k] * F.conv2d(z, wk, padding=1)  # [B, F, H, W]
+            u = torch.clamp(u, -lam[k], lam[k])  # [B, F, H, W]
+            x = x_new
+        return x * s  # [B, H, W]
+
+
+class _Denoiser(nn.Module):
+    """Residual CNN D: [Re, Im] → correction, ``[B, 2, H, W]`` → ``[B, 2, H, W]``."""
+
+    def __init__(self, features: int, depth: int, out_scale: float = 0.1):
+        super().__init__()
+        depth = max(2, int(depth))
+        chans = [2] + [features] * (depth - 1) + [2]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(chans[i], chans[i + 1], 3, padding=1) for i in range(depth))
+        with torch.no_grad():  # small last layer: start close to plain gradient descent
+            self.convs[-1].weight.mul_(out_scale)
+            self.convs[-1].bias.zero_()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            z = conv(z if i == 0 else F.relu(z))  # [B, F, H, W] … [B, 2, H, W]
+        return z
+
+
+class ResUnroll(nn.Module):
+    """Unrolled gradient step + residual CNN (see the module docstring).
+
+    Args:
+        iters: unrolled iterations K.
+        features: CNN width F.
+        depth: convolutions per CNN (≥ 2).
+        shared: one CNN for all iterations (True) or one per iteration.
+        eta: initial data-consistency step η_k.
+    """
+
+    def __init__(self, iters: int = 8, features: int = 32, depth: int = 5,
+                 shared: bool = True, eta: float = 1.0):
+        super().__init__()
+        self.iters, self.shared = int(iters), bool(shared)
+        n = 1 if self.shared else self.iters
+        self.denoisers = nn.ModuleList(_Denoiser(features, depth) for _ in range(n))
+        self.rho_eta = nn.Parameter(torch.full((self.iters,), _softplus_inv(eta)))
+
+    def forward(self, y: torch.Tensor, A) -> torch.Tensor:
+        """x̂ = f_θ(y, A): ``y`` ``[B, C, H, W]`` complex → ``[B, H, W]`` complex."""
+        s = robust_scale(A.adjoint(y))  # [B, 1, 1]
+        y = y / s[:, None]  # [B, C, H, W]
+        x = A.adjoint(y)  # [B, H, W]
+        eta = F.softplus(self.rho_eta)  # [K]
+        for k in range(self.iters):
+            d = self.denoisers[0 if self.shared else k]
+            dx = channels_to_complex(d(complex_to_channels(x)))  # [B, H, W]
+            x = x - eta[k] * _data_grad(x, y, A) + dx  # [B, H, W]
+        return x * s  # [B, H, W]
+
+
+_ARCHS: dict[str, type[nn.Module]] = {"pdnet": PDNet, "resunroll": ResUnroll}
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pdnet": {"arch": "pdnet", "layers": 20, "filters": 40},
+    "resunroll": {"arch": "resunroll", "iters": 8, "features": 16, "depth": 4,
+                  "shared": True},
+}
+
+
+def default_config(arch: str) -> dict:
+    """Default network configuration for ``arch`` ("pdnet" or "resunroll")."""
+    if arch not in _DEFAULTS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(_ARCHS)}")
+    return dict(_DEFAULTS[arch])
+
+
+def build_network(config: dict) -> nn.Module:
+    """Build the network described by ``config`` = {"arch": ..., hyper-parameters}.
+
+    Missing hyper-parameters take the architecture defaults; unknown keys raise
+    ``ValueError`` (a weight file from another code version must not load
+    silently into a different network).
+    """
+    cfg = dict(config)
+    arch = cfg.pop("arch", None)
+    if arch not in _ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(_ARCHS)}")
+    kwargs = {k: v for k, v in default_config(arch).items() if k != "arch"}
+    kwargs.update(cfg)
+    try:
+        return _ARCHS[arch](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad configuration for {arch}: {err}") from None

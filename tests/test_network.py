@@ -1,0 +1,150 @@
+"""Properties of the unrolled networks (mpcli/recon/network.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from mpcli.physics.sense import Sense
+from mpcli.recon.network import (
+    ARCH_VERSION,
+    PDNet,
+    ResUnroll,
+    build_network,
+    default_config,
+)
+
+SMALL = {
+    "pdnet": {"arch": "pdnet", "layers": 3, "filters": 4},
+    "resunroll": {"arch": "resunroll", "iters": 2, "features": 4, "depth": 3},
+}
+
+
+def _problem(b: int, c: int, h: int, w: int, seed: int = 0, accel: float = 0.4):
+    """A random SENSE problem with Σ|S|² = 1 and a random line mask."""
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randn(b, c, h, w, dtype=torch.complex64, generator=g)  # [B, C, H, W]
+    maps = maps / maps.abs().pow(2).sum(1, keepdim=True).sqrt()
+    mask = (torch.rand(1, 1, 1, w, generator=g) < accel).float()  # [1, 1, 1, W]
+    mask[..., w // 2] = 1.0
+    A = Sense(maps, mask)
+    x = torch.randn(b, h, w, dtype=torch.complex64, generator=g)  # [B, H, W]
+    return A, x, A(x)
+
+
+def _net(arch: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_network(SMALL[arch])
+
+
+@pytest.mark.parametrize("arch", ["pdnet", "resunroll"])
+@pytest.mark.parametrize("shape", [(2, 3, 17, 24), (1, 5, 20, 13)])
+def test_network_output_shape_and_dtype(arch, shape):
+    A, _, y = _problem(*shape)
+    out = _net(arch)(y, A)
+    assert out.shape == (shape[0], shape[2], shape[3])
+    assert out.dtype == torch.complex64
+    assert torch.isfinite(out.abs()).all()
+
+
+@pytest.mark.parametrize("arch", ["pdnet", "resunroll"])
+def test_network_scale_equivariant(arch):
+    A, _, y = _problem(2, 3, 16, 16)
+    net = _net(arch)
+    with torch.no_grad():
+        ref = net(y, A)
+        for c in (1e-3, 7.5, 250.0):
+            out = net(c * y, A)
+            err = (out - c * ref).abs().max() / (c * ref).abs().max()
+            assert err < 1e-4, (c, float(err))
+
+
+@pytest.mark.parametrize("arch", ["pdnet", "resunroll"])
+def test_functional_call_equals_module_call(arch):
+    A, _, y = _problem(2, 4, 16, 12)
+    net = _net(arch)
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    with torch.no_grad():
+        assert torch.equal(functional_call(net, params, (y, A)), net(y, A))
+        moved = {k: v + 0.05 for k, v in params.items()}
+        assert not torch.allclose(functional_call(net, moved, (y, A)), net(y, A))
+
+
+@pytest.mark.parametrize("arch", ["pdnet", "resunroll"])
+def test_gradient_reaches_every_parameter(arch):
+    A, x, y = _problem(2, 3, 16, 16)
+    net = _net(arch)
+    loss = (net(y, A) - x).abs().pow(2).mean()
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def _landweber(y, A, steps):
+    x = A.adjoint(y)
+    for t in steps:
+        x = x - t * A.adjoint(A(x) - y)
+    return x
+
+
+def test_pdnet_zero_threshold_is_landweber():
+    """λ_k → 0 keeps the dual at 0: PDNet reduces to x ← x − τ_k Aᴴ(Ax − y)."""
+    A, _, y = _problem(2, 3, 16, 16)
+    net = PDNet(layers=4, filters=4)
+    with torch.no_grad():
+        net.rho_lambda.fill_(-60.0)  # softplus(-60) ≈ 1e-26
+        net.rho_tau.copy_(torch.tensor([0.1, -0.3, 0.5, 0.2]))
+        tau = F.softplus(net.rho_tau)
+        assert torch.allclose(net(y, A), _landweber(y, A, tau), rtol=1e-4, atol=1e-5)
+
+
+def test_resunroll_zero_cnn_is_landweber():
+    """With the CNN output layer at zero, ResUnroll is gradient descent on ½‖Ax − y‖²."""
+    A, _, y = _problem(2, 3, 16, 16)
+    net = ResUnroll(iters=3, features=4, depth=3)
+    with torch.no_grad():
+        net.denoisers[0].convs[-1].weight.zero_()
+        net.denoisers[0].convs[-1].bias.zero_()
+        eta = F.softplus(net.rho_eta)
+        assert torch.allclose(net(y, A), _landweber(y, A, eta), rtol=1e-4, atol=1e-5)
+
+
+def test_pdnet_init_satisfies_condat_vu():
+    """At initialisation 1/τ − γ‖W_k‖² > ‖A‖²/2 = 1/2 for every layer (‖A‖ ≤ 1)."""
+    torch.manual_seed(1)
+    net = PDNet(layers=5, filters=40)
+    tau, gamma = F.softplus(net.rho_tau), F.softplus(net.rho_gamma)
+    with torch.no_grad():
+        for k in range(net.layers):
+            w = net.weight[k]
+            z = torch.randn(1, 2, 32, 32)
+            for _ in range(50):  # power iteration on WᵀW
+                z = F.conv_transpose2d(F.conv2d(z, w, padding=1), w, padding=1)
+                norm2 = z.norm()
+                z = z / norm2
+            assert 1 / tau[k] - gamma[k] * norm2 > 0.5
+
+
+def test_pdnet_reconstruction_beats_zero_filling_when_fully_sampled():
+    """Fully sampled, noiseless, Σ|S|² = 1: Aᴴy = x, and the default net stays near x."""
+    A, x, y = _problem(1, 4, 24, 24, accel=2.0)
+    net = PDNet()
+    with torch.no_grad():
+        out = net(y, A)
+    assert ((out - x).norm() / x.norm()) < 0.1
+
+
+def test_build_network_configs():
+    assert isinstance(ARCH_VERSION, int)
+    for arch, cls in (("pdnet", PDNet), ("resunroll", ResUnroll)):
+        cfg = default_config(arch)
+        assert cfg["arch"] == arch
+        assert isinstance(build_network(cfg), cls)
+    assert build_network({"arch": "pdnet", "layers": 2}).layers == 2
+    with pytest.raises(ValueError):
+        build_network({"arch": "unet"})
+    with pytest.raises(ValueError):
+        build_network({"arch": "pdnet", "nonsense": 1})
