@@ -147,21 +147,57 @@ def compare(pred: np.ndarray, ref: np.ndarray, name: str, pred_path: Path | None
     )
 
 
-def evaluate_one(pred: str | Path, ref_volume: np.ndarray) -> Result:
+def labels(preds: list[Path]) -> list[str]:
+    """Display names: the file stem, or ``folder/stem`` where stems repeat.
+
+    ``mp eval recon/scan.h5 other/scan.h5`` gives ``recon/scan``, ``other/scan``.
+    """
+    preds = [Path(p) for p in preds]
+    out = [volume_name(p) for p in preds]
+    for longer in (lambda p: f"{p.parent.name}/{volume_name(p)}", lambda p: f"{p.parent.name}/{p.name}", str):
+        repeated = {n for n in out if out.count(n) > 1}
+        if not repeated:
+            break
+        out = [longer(p) if n in repeated else n for p, n in zip(preds, out)]
+    return out
+
+
+def evaluate_one(pred: str | Path, ref_volume: np.ndarray, name: str | None = None) -> Result:
     """Load one prediction file and score it against an already loaded reference."""
     pred = Path(pred)
     vol, _ = load_volume(pred)
-    return compare(vol, ref_volume, volume_name(pred), pred)
+    return compare(vol, ref_volume, name or volume_name(pred), pred)
 
 
 def evaluate(preds: list[Path], ref: Path) -> list[Result]:
     """Score each prediction file against the reference file, in order.
 
-    Raises InputError on the first bad file (use :func:`evaluate_one` per file
-    to keep going past failures in a batch).
+    Results are named by :func:`labels`. Raises InputError on the first bad
+    file (use :func:`evaluate_one` per file to keep going past failures).
     """
     ref_vol, _ = load_volume(ref)
-    return [evaluate_one(p, ref_vol) for p in preds]
+    return [evaluate_one(p, ref_vol, n) for p, n in zip(preds, labels(preds))]
+
+
+def figure_from_files(preds: list[Path], ref: Path, path: Path, results: list[Result] | None = None) -> Path:
+    """Write the :func:`mpcli.report.figure` montage for prediction files vs the reference.
+
+    Volumes are centre-cropped to the reference size and the middle slice is
+    shown; ``results`` (in the order of ``preds``, as :func:`evaluate` returns
+    them) supply the PSNR/SSIM captions and names. Returns the PNG path.
+    """
+    from mpcli.report import figure
+
+    ref_vol, _ = load_volume(ref)
+    names = [r.name for r in results] if results else labels(preds)
+    images = {}
+    for p, name in zip(preds, names):
+        vol, _ = load_volume(p)
+        if vol.shape[0] != ref_vol.shape[0]:
+            raise InputError(p, f"has {vol.shape[0]} slices, the reference has {ref_vol.shape[0]}")
+        images[name] = center_crop(vol, tuple(ref_vol.shape[-2:]))  # [S, H, W]
+    captions = {r.name: {"psnr": r.psnr, "ssim": r.ssim} for r in results or []}
+    return figure(ref_vol, images, path, captions)
 
 
 def results_table(results: list[Result]):

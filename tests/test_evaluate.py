@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -17,6 +18,8 @@ from mpcli.evaluate import (
     Result,
     evaluate,
     evaluate_one,
+    figure_from_files,
+    labels,
     load_volume,
     results_json,
     results_table,
@@ -55,7 +58,7 @@ def test_evaluate_h5_and_nifti_predictions_equal_direct_metrics(tmp_path):
     h5_path = write_reconstruction(tmp_path / "pred.h5", big)
     nii_path = write_nifti(tmp_path / "pred.nii.gz", pred, Geometry.default(S))
     results = evaluate([h5_path, nii_path], ref_path)
-    assert [r.name for r in results] == ["pred", "pred"]
+    assert [r.name for r in results] == [f"{tmp_path.name}/pred.h5", f"{tmp_path.name}/pred.nii.gz"]
     for r in results:
         assert r.shape == (S, H, W)
         assert r.psnr == pytest.approx(metrics.psnr(ref, pred), abs=1e-4)
@@ -115,6 +118,24 @@ def test_slice_count_or_size_mismatch_is_input_error(tmp_path):
         assert err.value.path == bad
     with pytest.raises(InputError):
         evaluate([fewer], tmp_path / "no_ref.h5")
+
+
+def test_labels_are_unique_and_short():
+    assert labels([Path("a/x.h5"), Path("b/y.nii.gz")]) == ["x", "y"]
+    assert labels([Path("recon/scan.h5"), Path("other/scan.h5")]) == ["recon/scan", "other/scan"]
+    assert labels([Path("r/scan.h5"), Path("r/scan.nii"), Path("q/z.h5")]) == ["r/scan.h5", "r/scan.nii", "z"]
+
+
+def test_figure_from_files_uses_results_names(tmp_path):
+    ref = _ref_volume()
+    ref_path = _fastmri_ref(tmp_path / "ref.h5", ref)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    preds = [write_reconstruction(tmp_path / d / "scan.h5", ref * s) for d, s in (("a", 0.9), ("b", 1.1))]
+    results = evaluate(preds, ref_path)
+    assert [r.name for r in results] == ["a/scan", "b/scan"]
+    out = figure_from_files(preds, ref_path, tmp_path / "fig.png", results)
+    assert imread(out).shape[2] in (3, 4)
 
 
 def test_results_table_and_json():
