@@ -99,11 +99,10 @@ def test_nifti_rejects_bad_suffix_and_existing_without_overwrite(tmp_path):
 def test_atomic_file_failure_keeps_old_content_and_leaves_no_temp(tmp_path):
     final = tmp_path / "out.bin"
     final.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_file(final) as tmp:
-            assert tmp.parent == tmp_path and tmp.name.startswith(".out.bin.tmp-")
-            tmp.write_bytes(b"half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_file(final) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".out.bin.tmp-")
+        tmp.write_bytes(b"half")
+        raise RuntimeError("interrupted")
     assert final.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
     with atomic_file(final) as tmp:
@@ -113,10 +112,9 @@ def test_atomic_file_failure_keeps_old_content_and_leaves_no_temp(tmp_path):
 
 def test_atomic_dir_failure_leaves_nothing(tmp_path):
     final = tmp_path / "series"
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(final) as tmp:
-            (tmp / "IM0001.dcm").write_bytes(b"x")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_dir(final) as tmp:
+        (tmp / "IM0001.dcm").write_bytes(b"x")
+        raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
 
 
@@ -124,9 +122,8 @@ def test_atomic_dir_replaces_only_with_overwrite(tmp_path):
     final = tmp_path / "series"
     final.mkdir()
     (final / "old").write_text("old")
-    with pytest.raises(OutputError):
-        with atomic_dir(final) as tmp:
-            pass
+    with pytest.raises(OutputError), atomic_dir(final) as tmp:
+        pass
     with atomic_dir(final, overwrite=True) as tmp:
         (tmp / "new").write_text("new")
     assert [p.name for p in final.iterdir()] == ["new"]

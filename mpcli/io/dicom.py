@@ -32,10 +32,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, UID, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from mpcli.errors import InputError, OutputError
+from mpcli.errors import InputError
 from mpcli.io.atomic import atomic_dir
 from mpcli.scan import Geometry
 

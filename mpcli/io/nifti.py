@@ -75,7 +75,7 @@ def write_nifti(path: str | Path, image, geometry: Geometry, description: str = 
     """
     path = Path(path)
     name = path.name.lower()
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+    if not name.endswith((".nii", ".nii.gz")):
         raise OutputError(path, "NIfTI output must end in .nii or .nii.gz")
     payload = nifti_image(image, geometry, description).to_bytes()
     if name.endswith(".gz"):
