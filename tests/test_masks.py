@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -216,3 +218,19 @@ def test_split_gaussian_favours_the_centre():
 def test_split_mask_rejects_bad_rho():
     with pytest.raises(ValueError):
         split_mask(_omega_2d(), 1.0, torch.Generator())
+
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared/data/real"
+
+
+def test_acs_width_and_split_on_real_poisson_kspace():
+    """sigpy brain: 2-D Poisson-disc, 12.4 % sampled, 24 × 24 centre (README of the data)."""
+    path = REAL / "sigpy_brain_8ch_poisson_ksp.npy"
+    if not path.exists():
+        pytest.skip(f"real data not present: {path} (see shared/data/real/README.md)")
+    ksp = np.load(path)  # [C, H, W]
+    omega = torch.from_numpy((np.abs(ksp).max(0) > 0).astype(np.float32))[None, None]  # [1, 1, H, W]
+    assert abs(omega.mean().item() - 0.124) < 0.005
+    assert acs_width(omega) == 24
+    theta, lam = split_mask(omega, 0.4, torch.Generator().manual_seed(0))
+    assert torch.equal(theta + lam, omega) and lam.sum().item() == round(0.4 * omega.sum().item())
