@@ -252,4 +252,15 @@ def bad_input_corpus(directory: str | Path) -> dict[str, Path]:
         hdr.encoding[0].encodingLimits.kspace_encoding_step_1.center = 4
         f["dataset/xml"][0] = ismrmrd.xsd.ToXML(hdr).encode()
     out["ismrmrd_mismatch"] = mism
+
+    # 3-D: encoded z = 4 and acquisitions stepping kspace_encode_step_2
+    three = write_ismrmrd(d / "three_d.h5", good)
+    with h5py.File(three, "r+") as f:
+        hdr = ismrmrd.xsd.CreateFromDocument(f["dataset/xml"][0])
+        hdr.encoding[0].encodedSpace.matrixSize.z = 4
+        f["dataset/xml"][0] = ismrmrd.xsd.ToXML(hdr).encode()
+        acqs = f["dataset/data"][...]
+        acqs["head"]["idx"]["kspace_encode_step_2"] = np.arange(len(acqs)) % 4
+        f["dataset/data"][...] = acqs
+    out["three_d"] = three
     return out

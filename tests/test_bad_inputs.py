@@ -25,6 +25,7 @@ EXPECTED = {
     "ismrmrd_all_zero": "all zero",
     "ismrmrd_nan": "NaN",
     "ismrmrd_mismatch": "header/data mismatch",
+    "three_d": "3-D acquisitions",
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -130,3 +132,19 @@ def test_written_default_geometry_round_trips(tmp_path):
     p = write_synthetic_fastmri(tmp_path / "a.h5", geometry=geo)
     (scan,) = read_scans(p)
     assert scan.geometry == geo
+
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@pytest.mark.skipif(not (REAL / "sigpy_brain_8ch_poisson_ksp.npy").exists(), reason="real data not in ../shared/data/real")
+def test_real_poisson_kspace_mask_detected(tmp_path):
+    k = np.load(REAL / "sigpy_brain_8ch_poisson_ksp.npy")[None]  # [1, 8, 230, 180] complex64
+    p = write_fastmri(tmp_path / "real.h5", k, geometry=Geometry.default(1))
+    (scan,) = read_scans(p)
+    np.testing.assert_array_equal(scan.kspace.numpy(), k)
+    acquired = (np.abs(k).max(axis=1) > 0).mean()
+    assert 0.10 < acquired < 0.15  # README: 12.4 % of k-space, 2-D Poisson-disc
+    assert scan.acceleration == pytest.approx(1 / acquired)
+    m = scan.mask[0, 0]
+    assert (m != m.amax(dim=0, keepdim=True)).any()  # 2-D pattern: columns partly acquired
