@@ -9,10 +9,10 @@ Conventions (see ``DESIGN.md``):
 - ``Geometry`` places image voxels in patient coordinates, DICOM/ISMRMRD LPS,
   millimetres. Voxel (i, j) of slice k (i along H, j along W) sits at::
 
-      p(i, j, k) = centre_k + (i − H/2)·dr·read_dir + (j − W/2)·dp·phase_dir
+      p(i, j, k) = centre_k + (i − H//2)·dr·read_dir + (j − W//2)·dp·phase_dir
 
   i.e. ``centre_k`` (the ISMRMRD ``position`` of slice k) is the FFT-centre pixel
-  (H/2, W/2) of the centred FFT. dr, dp are the in-plane voxel sizes.
+  (H//2, W//2) of the centred FFT. dr, dp are the in-plane voxel sizes.
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ class Geometry:
         both sizes are even, so centres only move when parities differ.
         """
         dr, dp, _ = self.voxel_size
-        shift_i = (full[0] // 2 - (full[0] - crop[0]) // 2) - crop[0] // 2
-        shift_j = (full[1] // 2 - (full[1] - crop[1]) // 2) - crop[1] // 2
+        # the new centre pixel crop//2 is old pixel (full − crop)//2 + crop//2
+        shift_i = (full[0] - crop[0]) // 2 + crop[0] // 2 - full[0] // 2
+        shift_j = (full[1] - crop[1]) // 2 + crop[1] // 2 - full[1] // 2
         offset = (shift_i * dr * np.asarray(self.read_dir) + shift_j * dp * np.asarray(self.phase_dir))
         centres = tuple(tuple(float(v) for v in np.asarray(c) + offset) for c in self.slice_centres)
         return replace(self, slice_centres=centres)

@@ -79,8 +79,6 @@ def test_cropped_geometry_keeps_world_positions(full, crop):
     _crop_keeps_positions(full, crop)
 
 
-@pytest.mark.xfail(strict=True, reason="scan.Geometry.cropped: offset sign is wrong when an even "
-                   "size is cropped to an odd one (reported to the lead)")
 @pytest.mark.parametrize("full,crop", [((24, 20), (15, 11))])
 def test_cropped_geometry_keeps_world_positions_even_to_odd(full, crop):
     _crop_keeps_positions(full, crop)
