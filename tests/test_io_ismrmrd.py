@@ -249,3 +249,25 @@ def test_real_kspace_survives_ismrmrd_round_trip(tmp_path):
     err = np.linalg.norm(scan.kspace.numpy() - want) / np.linalg.norm(want)
     assert err < 1e-5
     assert scan.acceleration == pytest.approx(k.shape[-1] / mask.sum())
+
+
+def test_partial_echo_with_oversampling_reads_as_whole_lines(tmp_path):
+    import ismrmrd
+
+    from mpcli.io.ismrmrd import oversample_readout
+
+    k = synthetic_kspace(1, 2, 32, 24)
+    k2 = oversample_readout(k, 2)  # [1, 2, 64, 24]
+    p = write_ismrmrd(tmp_path / "pe2.h5", k, mask=np.eye(24)[0], oversampling=2)
+    with ismrmrd.Dataset(str(p), "dataset", mode="a") as d:  # asymmetric echo: first 24 of 64 samples missing
+        acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(k2[0, :, 24:, 12]))
+        acq.center_sample = 32 - 24
+        acq.idx.kspace_encode_step_1 = 12
+        d.append_acquisition(acq)
+    (scan,) = read_scans(p)
+    assert scan.shape == (1, 2, 32, 24)
+    assert scan.mask[0, 0, :, 12].all() and scan.mask[0, 0, :, 0].all() and scan.mask.sum() == 2 * 32
+    # the measured echo holds nearly all the energy: close to the full line
+    line = torch.from_numpy(k[0, :, :, 12])
+    err = (scan.kspace[0, :, :, 12] - line).norm() / line.norm()
+    assert err < 0.05

@@ -53,7 +53,7 @@ def geometry_to_json(geometry: Geometry) -> str:
 def geometry_from_json(text: str) -> Geometry:
     """Inverse of :func:`geometry_to_json` (lists become tuples)."""
     d = json.loads(text)
-    tup = lambda v: tuple(float(a) for a in v)  # noqa: E731
+    tup = lambda v: tuple(float(a) for a in v)
     return Geometry(
         voxel_size=tup(d["voxel_size"]),
         read_dir=tup(d["read_dir"]),
@@ -107,7 +107,7 @@ def read_fastmri(path: str | Path) -> list[Scan]:
     hdr = parse_header(path, _text(xml))
     enc = hdr.encoding[0]
     em, rm = enc.encodedSpace.matrixSize, enc.reconSpace.matrixSize
-    s, c, hh, w = kspace.shape
+    s, _, hh, w = kspace.shape
     if hh not in (em.x, rm.x) or w != em.y:
         raise InputError(path, f"header/data mismatch: header encoded matrix {em.x}×{em.y}, kspace {hh}×{w}")
 

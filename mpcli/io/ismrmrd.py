@@ -217,7 +217,7 @@ def make_header(
     ex, ey = encoded
     rx, ry = recon
 
-    def space(mx: int, my: int) -> "x.encodingSpaceType":
+    def space(mx: int, my: int) -> x.encodingSpaceType:
         # FOV = matrix × voxel size (oversampled readout: more samples, same dr)
         return x.encodingSpaceType(
             matrixSize=x.matrixSizeType(x=mx, y=my, z=1),
@@ -309,15 +309,20 @@ def remove_readout_oversampling(
 
     k ``[S, C, H, W]`` → ifft1c along H → centre crop to ``h_out`` → fft1c:
     the image of the result equals the centre rows of the image of ``k``.
-    The mask ``[S, 1, H, W]`` must be constant along H (1-D undersampling);
-    it is cut to ``h_out`` rows. A 2-D pattern raises ``InputError``.
+    The mask ``[S, 1, H, W]`` becomes line-wise (a column is acquired when any
+    of its samples is): exact for 1-D undersampling; for a partial echo (one
+    contiguous run of samples per line) the missing echo part is left
+    zero-filled. A scattered 2-D pattern (several runs in a column) cannot
+    survive the readout crop and raises ``InputError``.
     """
     h = kspace.shape[-2]
     if h_out >= h:
         return kspace, mask
     lines = mask.max(axis=-2, keepdims=True)  # [S, 1, 1, W]
-    if not np.array_equal(np.broadcast_to(lines, mask.shape), mask):
+    edges = np.diff(mask, axis=-2, prepend=0, append=0)  # [S, 1, H+1, W]
+    if ((edges > 0).sum(axis=-2) > 1).any():
         raise InputError(path, "2-D undersampling with readout oversampling is not supported")
+    mask = np.broadcast_to(lines, mask.shape)
     img = ifft1c(torch.from_numpy(kspace), dim=-2)  # [S, C, H, W]
     top = (h - h_out) // 2
     k = fft1c(img[..., top : top + h_out, :], dim=-2).numpy()  # [S, C, h_out, W]
@@ -329,10 +334,8 @@ def remove_readout_oversampling(
 
 def find_ismrmrd_group(f: h5py.File) -> str | None:
     """Name of the group holding ``data`` + ``xml`` (``dataset`` first), or None."""
-    if "dataset" in f and isinstance(f["dataset"], h5py.Group):
-        if "data" in f["dataset"] and "xml" in f["dataset"]:
-            return "dataset"
-    for name, obj in f.items():
+    for name in sorted(f.keys(), key=lambda n: n != "dataset"):
+        obj = f[name]
         if isinstance(obj, h5py.Group) and "data" in obj and "xml" in obj:
             return name
     return None
@@ -575,7 +578,7 @@ def write_ismrmrd(
 
     path = Path(path)
     frames = [_as_numpy(kspace).astype(np.complex64)] + [_as_numpy(r).astype(np.complex64) for r in (repetitions or [])]
-    s, c, hh, w = frames[0].shape
+    s, _, hh, w = frames[0].shape
     masks = mask if isinstance(mask, (list, tuple)) else [mask] * len(frames)
     geometry = geometry or Geometry.default(s)
     os_ = max(int(oversampling), 1)
@@ -626,7 +629,20 @@ def write_ismrmrd(
 
 
 __all__ = [
-    "read_ismrmrd", "write_ismrmrd", "parse_header", "header_identity", "header_protocol",
-    "header_voxel_size", "make_header", "noise_whitener", "remove_readout_oversampling",
-    "find_ismrmrd_group", "mask_4d", "oversample_readout", "flag_bit", "one_line", "check_finite", "SKIPPED_FLAGS",
+    "SKIPPED_FLAGS",
+    "check_finite",
+    "find_ismrmrd_group",
+    "flag_bit",
+    "header_identity",
+    "header_protocol",
+    "header_voxel_size",
+    "make_header",
+    "mask_4d",
+    "noise_whitener",
+    "one_line",
+    "oversample_readout",
+    "parse_header",
+    "read_ismrmrd",
+    "remove_readout_oversampling",
+    "write_ismrmrd",
 ]
