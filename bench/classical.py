@@ -16,10 +16,9 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
-
-import sys
 
 import numpy as np
 import torch
@@ -56,7 +55,7 @@ def simulate(images: np.ndarray, coils: int, noise: float, seed: int):
     """Multi-coil k-space ``[S, C, H, W]`` of ``images`` with a smooth phase and noise."""
     import sigpy.mri as mr
 
-    s, h, w = images.shape
+    _, h, w = images.shape
     maps = torch.from_numpy(mr.birdcage_maps((coils, h, w)).astype(np.complex64))  # [C, H, W]
     maps = maps / maps.abs().pow(2).sum(0, keepdim=True).sqrt()
     yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")

@@ -55,7 +55,7 @@ def resolve_device(spec: str | torch.device) -> torch.device:
 def cupy_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device (checked once)."""
     try:
-        import cupy  # noqa: PLC0415 - optional, heavy
+        import cupy
 
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - ImportError, CUDA driver errors …
@@ -64,7 +64,7 @@ def cupy_available() -> bool:
 
 def to_cupy(t: torch.Tensor):
     """A CuPy array sharing memory with the CUDA tensor ``t`` (DLPack, no copy)."""
-    import cupy  # noqa: PLC0415
+    import cupy
 
     return cupy.from_dlpack(t.contiguous())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,21 +10,21 @@ import pytest
 import torch
 
 sp = pytest.importorskip("sigpy")
-import sigpy.mri as mr  # noqa: E402
+import sigpy.mri as mr
 
-from mpcli.device import is_oom, resolve_device  # noqa: E402
-from mpcli.errors import DeviceError  # noqa: E402
-from mpcli.physics.coils import rss  # noqa: E402
-from mpcli.physics.fft import fft2c, ifft2c  # noqa: E402
-from mpcli.physics.sense import Sense  # noqa: E402
-from mpcli.recon.classical import (  # noqa: E402
+from mpcli.device import is_oom, resolve_device
+from mpcli.errors import DeviceError
+from mpcli.physics.coils import rss
+from mpcli.physics.fft import fft2c, ifft2c
+from mpcli.physics.sense import Sense
+from mpcli.recon.classical import (
     cg_sense,
     conjugate_gradient,
     l1_wavelet,
     reconstruct_classical,
     zero_filled,
 )
-from mpcli.scan import Geometry, Scan  # noqa: E402
+from mpcli.scan import Geometry, Scan
 
 N, C = 64, 4
 
@@ -95,7 +96,7 @@ def test_cg_converges_and_quadratic_objective_decreases():
     assert history[0] == pytest.approx(1.0)
     assert history[-1] < 1e-4
     values = [objective(cg_sense(y, A, tikhonov=mu, iters=k)) for k in (1, 2, 4, 8, 16)]
-    assert all(b <= a * (1 + 1e-5) for a, b in zip(values, values[1:]))
+    assert all(b <= a * (1 + 1e-5) for a, b in itertools.pairwise(values))
     assert values[-1] < 0.5 * values[0]
 
 

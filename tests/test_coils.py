@@ -10,16 +10,16 @@ import scipy.ndimage as ndi
 import torch
 
 sp = pytest.importorskip("sigpy")
-import sigpy.mri as mr  # noqa: E402
+import sigpy.mri as mr
 
-from mpcli.physics.coils import (  # noqa: E402
+from mpcli.physics.coils import (
     acs_width,
     calibration_width,
     estimate_maps,
     rss,
     sense_combine,
 )
-from mpcli.physics.fft import fft2c  # noqa: E402
+from mpcli.physics.fft import fft2c
 
 N, C = 64, 4
 

@@ -18,10 +18,10 @@ import torch
 
 pytest.importorskip("sigpy")
 
-from mpcli.physics.coils import estimate_maps  # noqa: E402
-from mpcli.physics.sense import Sense  # noqa: E402
-from mpcli.recon.classical import cg_sense, l1_wavelet, zero_filled  # noqa: E402
-from mpcli.scan import mask_from_kspace  # noqa: E402
+from mpcli.physics.coils import estimate_maps
+from mpcli.physics.sense import Sense
+from mpcli.recon.classical import cg_sense, l1_wavelet, zero_filled
+from mpcli.scan import mask_from_kspace
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 BRAIN = REAL / "sigpy_brain_8ch_poisson_ksp.npy"
@@ -35,7 +35,7 @@ def _need(path: Path):
 
 def _psnr(ref: np.ndarray, x: np.ndarray) -> float:
     try:
-        from mpcli.metrics import psnr  # noqa: PLC0415
+        from mpcli.metrics import psnr
     except ImportError:  # pragma: no cover - metrics written in parallel
         return float(10 * np.log10(ref.max() ** 2 / np.mean((ref - x) ** 2)))
     return psnr(ref, x)
@@ -44,7 +44,7 @@ def _psnr(ref: np.ndarray, x: np.ndarray) -> float:
 def _mask_4x(n: int) -> torch.Tensor:
     """[1, 1, 1, W] random-line mask, 4×, 8 % centre (mpcli.physics.masks if present)."""
     try:
-        from mpcli.physics.masks import make_mask  # noqa: PLC0415
+        from mpcli.physics.masks import make_mask
     except ImportError:  # pragma: no cover - masks written in parallel
         rng = np.random.default_rng(0)
         centre = round(0.08 * n)
@@ -89,7 +89,7 @@ def test_cs_on_real_poisson_brain_fits_data_and_predicts_held_out_kspace():
 
 def test_sense_and_cs_beat_zero_filled_on_real_mprage_4x():
     _need(MPRAGE)
-    import scipy.io  # noqa: PLC0415
+    import scipy.io
 
     data = scipy.io.loadmat(MPRAGE)["kData"]  # (256, 256, 4) complex128, coils last
     full = torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1))).to(torch.complex64)[None]

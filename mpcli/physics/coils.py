@@ -95,7 +95,7 @@ def estimate_maps(
     Returns:
         ``[S, C, H, W]`` complex64 maps, on the device of ``kspace``.
     """
-    from sigpy.mri.app import EspiritCalib  # noqa: PLC0415 - heavy import
+    from sigpy.mri.app import EspiritCalib  # lazy: heavy import
 
     if kspace.dim() != 4:
         raise ValueError(f"k-space must be [S, C, H, W], got {tuple(kspace.shape)}")

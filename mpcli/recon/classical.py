@@ -18,6 +18,8 @@ image intensity (λ ≈ 1e-3 … 1e-2 is the useful range).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from mpcli.device import from_xp, resolve_device, sigpy_device_id, to_xp
@@ -41,7 +43,7 @@ def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def conjugate_gradient(
-    normal: "callable",
+    normal: Callable[[torch.Tensor], torch.Tensor],
     b: torch.Tensor,
     iters: int = 30,
     tol: float = 1e-6,
@@ -126,7 +128,7 @@ def l1_wavelet(
         ``[S, H, W]`` complex64 images, on the device of ``kspace``, at the
         scale of the data.
     """
-    from sigpy.mri.app import L1WaveletRecon  # noqa: PLC0415 - heavy import
+    from sigpy.mri.app import L1WaveletRecon  # lazy: heavy import
 
     out_device = kspace.device
     dev_id = sigpy_device_id(torch.device(device) if device is not None else out_device)
@@ -172,7 +174,7 @@ def reconstruct_classical(
     Returns:
         NumPy ``[S, h, w]`` float32, cropped to ``scan.recon_size``.
     """
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
