@@ -90,11 +90,13 @@ def _outcome_table(outcomes, title: str):
 
 
 def _batch_exit(outcomes) -> int:
+    """0 when all succeeded; the shared code when all failed alike; else 7 (partial)."""
     failed = [o for o in outcomes if o.status == "failed"]
     if not failed:
         return EXIT_OK
-    if len(failed) == len(outcomes) and len(outcomes) == 1:
-        return failed[0].exit_code
+    codes = {o.exit_code for o in failed}
+    if len(failed) == len(outcomes) and len(codes) == 1:
+        return codes.pop()
     return EXIT_PARTIAL
 
 
