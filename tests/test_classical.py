@@ -164,6 +164,19 @@ def test_reconstruct_classical_rejects_unknown_method_and_option():
         reconstruct_classical(scan, "sense", device="cpu", lamda=1.0)
 
 
+def test_reconstruct_classical_turns_gpu_oom_into_device_error(monkeypatch):
+    from mpcli.recon import classical
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(classical, "cg_sense", oom)
+    img, maps = _truth()
+    scan = _scan(fft2c(maps * img[:, None]), torch.ones(1, 1, N, N), (N, N))
+    with pytest.raises(DeviceError, match="out of GPU memory"):
+        reconstruct_classical(scan, "sense", maps=maps, device="cpu")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_cuda_without_gpu_raises_device_error():
     with pytest.raises(DeviceError, match="no GPU is available"):

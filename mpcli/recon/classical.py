@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from mpcli.device import from_xp, resolve_device, sigpy_device_id, to_xp
+from mpcli.device import from_xp, is_oom, resolve_device, sigpy_device_id, to_xp
+from mpcli.errors import DeviceError
 from mpcli.physics.coils import estimate_maps, rss
 from mpcli.physics.fft import ifft2c
 from mpcli.physics.sense import LinearOperator, Sense
@@ -173,6 +174,9 @@ def reconstruct_classical(
 
     Returns:
         NumPy ``[S, h, w]`` float32, cropped to ``scan.recon_size``.
+
+    Raises:
+        DeviceError: CUDA requested without a GPU, or GPU out of memory.
     """
     import numpy as np
 
@@ -182,6 +186,20 @@ def reconstruct_classical(
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_OPTIONS)}")
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    try:
+        image = _reconstruct(scan, method, maps, dev, batch_size, opts)  # [S, H, W]
+    except Exception as exc:
+        if is_oom(exc):
+            raise DeviceError(
+                scan.source, f"out of GPU memory in {method} reconstruction; use --device cpu"
+            ) from exc
+        raise
+    image = center_crop(image, scan.recon_size)  # [S, h, w]
+    return np.ascontiguousarray(image.detach().cpu().numpy().astype(np.float32))
+
+
+def _reconstruct(scan, method, maps, dev, batch_size, opts) -> torch.Tensor:
+    """The uncropped ``[S, H, W]`` magnitude of :func:`reconstruct_classical`."""
     kspace = scan.kspace.to(dev)  # [S, C, H, W]
     mask = scan.mask.to(dev)  # [S, 1, H, W]
     if method == "zero-filled":
@@ -209,5 +227,4 @@ def reconstruct_classical(
             image = l1_wavelet(
                 kspace, maps, mask, lam=opts.get("lam", 0.002), iters=opts.get("iters", 100)
             ).abs()  # [S, H, W]
-    image = center_crop(image, scan.recon_size)  # [S, h, w]
-    return np.ascontiguousarray(image.detach().cpu().numpy().astype(np.float32))
+    return image
