@@ -10,12 +10,22 @@ import pytest
 import torch
 
 from mpcli.errors import InputError
-from mpcli.io.fastmri import read_fastmri, read_reconstruction, write_fastmri, write_reconstruction
+from mpcli.io.fastmri import (
+    read_fastmri,
+    read_reconstruction,
+    write_fastmri,
+    write_reconstruction,
+)
 from mpcli.io.ismrmrd import make_header, oversample_readout
 from mpcli.io.readers import is_kspace_file, read_scans
 from mpcli.physics.fft import ifft1c, ifft2c
 from mpcli.scan import Geometry, center_crop, file_sha256
-from tests.synthetic import OBLIQUE, line_mask, synthetic_kspace, write_synthetic_fastmri
+from tests.synthetic import (
+    OBLIQUE,
+    line_mask,
+    synthetic_kspace,
+    write_synthetic_fastmri,
+)
 
 
 def test_fastmri_round_trip_kspace_mask_geometry(tmp_path):
@@ -148,3 +158,54 @@ def test_real_poisson_kspace_mask_detected(tmp_path):
     assert scan.acceleration == pytest.approx(1 / acquired)
     m = scan.mask[0, 0]
     assert (m != m.amax(dim=0, keepdim=True)).any()  # 2-D pattern: columns partly acquired
+
+
+# The header of a real fastMRI brain file (Siemens Aera AXFLAIR), trimmed to one coil label.
+FASTMRI_BRAIN_HEADER = """<?xml version="1.0" encoding="utf-8"?>
+<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD" xmlns:xs="http://www.w3.org/2001/XMLSchema"
+ xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="http://www.ismrm.org/ISMRMRD ismrmrd.xsd">
+ <studyInformation><studyTime>16:35:20</studyTime></studyInformation>
+ <measurementInformation><measurementID>41964_51683669_51683678_4583</measurementID>
+  <patientPosition>HFS</patientPosition><protocolName>AX FLAIR_FBB</protocolName>
+  <frameOfReferenceUID>1.3.12.2.1107.5.2.18.41964.1.20190707162548138.0.0.5022</frameOfReferenceUID>
+ </measurementInformation>
+ <acquisitionSystemInformation><systemVendor>SIEMENS</systemVendor><systemModel>Aera</systemModel>
+  <systemFieldStrength_T>1.494</systemFieldStrength_T><relativeReceiverNoiseBandwidth>0.793</relativeReceiverNoiseBandwidth>
+  <receiverChannels>16</receiverChannels>
+  <coilLabel><coilNumber>29</coilNumber><coilName>HeadNeck_20:1:H13</coilName></coilLabel>
+  <institutionName>TH RADIOLOGY</institutionName></acquisitionSystemInformation>
+ <experimentalConditions><H1resonanceFrequency_Hz>63690796</H1resonanceFrequency_Hz></experimentalConditions>
+ <encoding>
+  <encodedSpace><matrixSize><x>640</x><y>264</y><z>1</z></matrixSize>
+   <fieldOfView_mm><x>440</x><y>181.4312</y><z>7.5</z></fieldOfView_mm></encodedSpace>
+  <reconSpace><matrixSize><x>320</x><y>260</y><z>1</z></matrixSize>
+   <fieldOfView_mm><x>220</x><y>178.75</y><z>5</z></fieldOfView_mm></reconSpace>
+  <trajectory>cartesian</trajectory>
+  <encodingLimits>
+   <kspace_encoding_step_1><minimum>0</minimum><maximum>197</maximum><center>99</center></kspace_encoding_step_1>
+   <kspace_encoding_step_2><minimum>0</minimum><maximum>0</maximum><center>0</center></kspace_encoding_step_2>
+   <slice><minimum>0</minimum><maximum>33</maximum><center>0</center></slice>
+  </encodingLimits>
+  <parallelImaging><accelerationFactor><kspace_encoding_step_1>1</kspace_encoding_step_1>
+   <kspace_encoding_step_2>1</kspace_encoding_step_2></accelerationFactor>
+   <calibrationMode>other</calibrationMode></parallelImaging>
+ </encoding>
+ <sequenceParameters><TR>9000</TR><TE>86</TE><TI>2500</TI><flipAngle_deg>150</flipAngle_deg>
+  <sequence_type>TurboSpinEcho</sequence_type><echo_spacing>9.6</echo_spacing></sequenceParameters>
+ <userParameters><userParameterDouble><name>MaxwellCoefficient_0</name><value>0</value></userParameterDouble></userParameters>
+</ismrmrdHeader>"""
+
+
+def test_real_fastmri_brain_header(tmp_path):
+    k = oversample_readout(synthetic_kspace(1, 2, 320, 264), 2)  # [1, 2, 640, 264]
+    p = write_fastmri(tmp_path / "brain.h5", k, header_xml=FASTMRI_BRAIN_HEADER, mask=np.ones(264))
+    (scan,) = read_scans(p)
+    assert scan.shape == (1, 2, 320, 264)  # readout oversampling removed
+    assert scan.recon_size == (320, 260)
+    cols = scan.mask[0, 0, 0].numpy()  # acquired: 264//2 − 99 = 33 … 33 + 198
+    assert not cols[:33].any() and cols[33:231].all() and not cols[231:].any()
+    assert scan.geometry.voxel_size == pytest.approx((220 / 320, 178.75 / 260, 5.0))
+    assert scan.identity["FrameOfReferenceUID"].startswith("1.3.12.2")
+    assert scan.identity["InstitutionName"] == "TH RADIOLOGY"
+    assert scan.identity["SeriesDescription"] == "AX FLAIR_FBB"
+    assert scan.protocol["systemVendor"] == "SIEMENS" and scan.protocol["TI"] == 2500.0

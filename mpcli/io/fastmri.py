@@ -12,7 +12,9 @@ Layout (facebookresearch/fastMRI):
 
 Phase-encode padding: columns outside
 ``[W//2 − limits.center, W//2 − limits.center + limits.maximum + 1)`` were not
-acquired (as fastMRI's ``SliceDataset`` computes them) and are masked out.
+acquired (as fastMRI's ``SliceDataset`` computes them, with W = encoded y) and
+are masked out. The readout size must match the header (encoded or recon x);
+the phase-encode size only has to hold the header's lines.
 """
 
 from __future__ import annotations
@@ -108,8 +110,11 @@ def read_fastmri(path: str | Path) -> list[Scan]:
     enc = hdr.encoding[0]
     em, rm = enc.encodedSpace.matrixSize, enc.reconSpace.matrixSize
     s, _, hh, w = kspace.shape
-    if hh not in (em.x, rm.x) or w != em.y:
-        raise InputError(path, f"header/data mismatch: header encoded matrix {em.x}×{em.y}, kspace {hh}×{w}")
+    lim = enc.encodingLimits.kspace_encoding_step_1 if enc.encodingLimits else None
+    if hh not in (em.x, rm.x):
+        raise InputError(path, f"header/data mismatch: header readout matrix {em.x} (recon {rm.x}), kspace has {hh} rows")
+    if lim is not None and lim.maximum + 1 > w:
+        raise InputError(path, f"header/data mismatch: header has {lim.maximum + 1} phase-encode lines, kspace {w} columns")
 
     # mask: stored, else detected; then the acquired phase-encode range only
     if stored_mask is not None:
@@ -119,9 +124,8 @@ def read_fastmri(path: str | Path) -> list[Scan]:
         mask = mask_4d(m, kspace.shape)  # [S, 1, H, W]
     else:
         mask = mask_from_kspace(torch.from_numpy(kspace)).numpy()  # [S, 1, H, W]
-    lim = enc.encodingLimits.kspace_encoding_step_1 if enc.encodingLimits else None
     if lim is not None and lim.maximum > 0:
-        left = em.y // 2 - lim.center
+        left = w // 2 - lim.center  # = encoded y//2 − centre when W = encoded y (fastMRI)
         right = left + lim.maximum + 1
         if 0 <= left < right <= w:
             mask[..., :left] = 0
@@ -195,7 +199,8 @@ def write_fastmri(
         mask: ``[W]`` or ``[H, W]`` (stored as ``mask``; k-space is not masked
             here), or None.
         geometry: stored as the ``mp_geometry`` JSON attr (and its voxel size
-            in the generated header); ``Geometry.default`` when None.
+            in the generated header); when None no attr is written and the
+            reader falls back to the header's voxel size (assumed geometry).
         reference: ``[S, h, w]`` image stored as ``reconstruction_rss``;
             ``max``/``norm`` attrs are computed from it (else from the RSS of
             ``kspace``).
@@ -206,9 +211,9 @@ def write_fastmri(
     path = Path(path)
     k = _numpy(kspace).astype(np.complex64)  # [S, C, H, W]
     s, _, hh, w = k.shape
-    geometry = geometry or Geometry.default(s)
     if header_xml is None:
-        header_xml = make_header((hh, w), recon_size or (hh, w), geometry.voxel_size, s)
+        voxel = (geometry or Geometry.default(s)).voxel_size
+        header_xml = make_header((hh, w), recon_size or (hh, w), voxel, s)
     ref = None if reference is None else _numpy(reference).astype(np.float32)
     vol = ref if ref is not None else _rss(k)
     extra = dict(attrs or {})
@@ -226,7 +231,8 @@ def write_fastmri(
             f.attrs["norm"] = float(np.linalg.norm(vol))
             if "patient_id" in extra:
                 f.attrs["patient_id"] = str(extra.pop("patient_id"))
-            f.attrs[GEOMETRY_ATTR] = geometry_to_json(geometry)
+            if geometry is not None:
+                f.attrs[GEOMETRY_ATTR] = geometry_to_json(geometry)
             for key, value in extra.items():
                 f.attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
         os.replace(tmp, path)
