@@ -547,6 +547,21 @@ def oversample_readout(k: np.ndarray, factor: int) -> np.ndarray:
     return fft1c(pad, dim=-2).numpy().astype(np.complex64)  # [S, C, factor·H, W]
 
 
+def _write_acquisitions(path: Path, acqs: list) -> None:
+    """Write ``dataset/data`` in one go: the rows ``ismrmrd.Dataset.append_acquisition``
+    writes one at a time (same compound dtype: ``head``, ``traj``, ``data``)."""
+    from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
+
+    rows = np.empty(len(acqs), dtype=acquisition_dtype)
+    for i, acq in enumerate(acqs):
+        acq.scan_counter = i
+        rows["head"][i] = np.frombuffer(acq.getHead(), dtype=acquisition_header_dtype)[0]
+        rows["data"][i] = acq.data.view(np.float32).reshape(-1)
+        rows["traj"][i] = acq.traj.view(np.float32).reshape(-1)
+    with h5py.File(path, "a") as f:
+        f["dataset"].create_dataset("data", data=rows, maxshape=(None,), chunks=True)
+
+
 def write_ismrmrd(
     path: str | Path,
     kspace,
@@ -585,42 +600,40 @@ def write_ismrmrd(
     xml = make_header((os_ * hh, w), (hh, w), geometry.voxel_size, s, len(frames), identity, protocol)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        acqs = []
+        if noise is not None:
+            n = _as_numpy(noise).astype(np.complex64)  # [C, M]
+            acq = ismrmrd.Acquisition.from_array(n)
+            acq.set_flag(ACQ_IS_NOISE_MEASUREMENT)
+            acq.sample_time_us = noise_sample_time_us or sample_time_us
+            acqs.append(acq)
+        for r, (k, m) in enumerate(zip(frames, masks)):
+            m4 = mask_4d(m, k.shape)  # [S, 1, H, W]
+            k = oversample_readout(k * m4, os_)  # [S, C, os·H, W]
+            for sl in range(s):
+                cols = np.nonzero(m4[sl, 0].max(axis=0) > 0)[0]
+                for n_col, j in enumerate(cols):
+                    acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(k[sl, :, :, j]))
+                    acq.center_sample = os_ * hh // 2
+                    acq.sample_time_us = sample_time_us
+                    acq.idx.kspace_encode_step_1 = int(j)
+                    acq.idx.slice = sl
+                    acq.idx.repetition = r
+                    if n_col == 0:
+                        acq.set_flag(ACQ_FIRST_IN_SLICE)
+                    if n_col == len(cols) - 1:
+                        acq.set_flag(ACQ_LAST_IN_SLICE)
+                    for name, vec in (("read_dir", geometry.read_dir), ("phase_dir", geometry.phase_dir),
+                                      ("slice_dir", geometry.slice_dir), ("position", geometry.slice_centres[sl])):
+                        field = getattr(acq, name)
+                        for a in range(3):
+                            field[a] = float(vec[a])
+                    acqs.append(acq)
+        if acqs:
+            acqs[-1].set_flag(ACQ_LAST_IN_MEASUREMENT)
         with ismrmrd.Dataset(str(tmp), "dataset", mode="w") as dset:
             dset.write_xml_header(xml.encode())
-            counter = 0
-            if noise is not None:
-                n = _as_numpy(noise).astype(np.complex64)  # [C, M]
-                acq = ismrmrd.Acquisition.from_array(n)
-                acq.set_flag(ACQ_IS_NOISE_MEASUREMENT)
-                acq.sample_time_us = noise_sample_time_us or sample_time_us
-                acq.scan_counter = counter
-                dset.append_acquisition(acq)
-                counter += 1
-            for r, (k, m) in enumerate(zip(frames, masks)):
-                m4 = mask_4d(m, k.shape)  # [S, 1, H, W]
-                k = oversample_readout(k * m4, os_)  # [S, C, os·H, W]
-                for sl in range(s):
-                    cols = np.nonzero(m4[sl, 0].max(axis=0) > 0)[0]
-                    for n_col, j in enumerate(cols):
-                        acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(k[sl, :, :, j]))
-                        acq.center_sample = os_ * hh // 2
-                        acq.sample_time_us = sample_time_us
-                        acq.scan_counter = counter
-                        counter += 1
-                        acq.idx.kspace_encode_step_1 = int(j)
-                        acq.idx.slice = sl
-                        acq.idx.repetition = r
-                        if n_col == 0:
-                            acq.set_flag(ACQ_FIRST_IN_SLICE)
-                        if n_col == len(cols) - 1:
-                            acq.set_flag(ACQ_LAST_IN_SLICE)
-                        for name, vec in (("read_dir", geometry.read_dir), ("phase_dir", geometry.phase_dir),
-                                          ("slice_dir", geometry.slice_dir),
-                                          ("position", geometry.slice_centres[sl])):
-                            field = getattr(acq, name)
-                            for a in range(3):
-                                field[a] = float(vec[a])
-                        dset.append_acquisition(acq)
+        _write_acquisitions(tmp, acqs)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
