@@ -28,7 +28,6 @@ The log is JSONL, one line per outer step.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -254,18 +253,6 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, in
     return theta, {"state": state, "param_groups": groups}, rng, int(meta["step"]), json.loads(meta["config"])
 
 
-def _write_weights(path: Path, state: Params, metadata: dict) -> str:
-    """Final weights through :func:`mpcli.io.weights.save_weights` (fallback: plain safetensors)."""
-    try:
-        from mpcli.io.weights import save_weights  # noqa: PLC0415
-    except ImportError:
-        save_weights = None
-    if save_weights is not None:
-        return save_weights(path, state, metadata)
-    _atomic_save(state, path, {"mp": json.dumps(metadata, sort_keys=True)})
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # ------------------------------------------------------------------------------ logging
 
 
@@ -400,19 +387,14 @@ def _run(config: MetaTrainConfig, out: Path, log: Path | None, resume: bool, pro
     params = {k: v.detach().cpu().clone() for k, v in theta.items()}
     weights, digest = None, None
     if info.is_main:
-        net_cfg = dict(config.network)
-        arch_version = net_cfg.get("arch_version")
-        if arch_version is None:
-            try:
-                from mpcli.recon.network import ARCH_VERSION as arch_version  # noqa: PLC0415
-            except ImportError:
-                arch_version = None
         from mpcli import __version__  # noqa: PLC0415
+        from mpcli.io.weights import save_weights  # noqa: PLC0415
 
-        metadata = {"arch": net_cfg.get("arch", type(model).__name__), "arch_version": arch_version,
-                    "network": net_cfg, "config": cfg, "data": data_summary, "mp_version": __version__,
+        net_cfg = dict(config.network)
+        metadata = {"arch": net_cfg.get("arch", type(model).__name__), "config": net_cfg,
+                    "meta_train": cfg, "data": data_summary, "mp_version": __version__,
                     "kind": "meta-prior", "steps": config.steps}
-        weights, digest = out, _write_weights(out, params, metadata)
+        weights, digest = out, save_weights(out, params, metadata)
     ddp.barrier(info)
     return TrainResult(params=params, steps=config.steps, weights=weights, sha256=digest,
                        log=logger.path, history=history)
