@@ -110,4 +110,4 @@ def read_scans(path: str | Path) -> list[Scan]:
     return [validate_scan(path, s) for s in scans]
 
 
-__all__ = ["read_scans", "is_kspace_file", "detect_format", "validate_scan", "SUPPORTED_SUFFIXES"]
+__all__ = ["SUPPORTED_SUFFIXES", "detect_format", "is_kspace_file", "read_scans", "validate_scan"]
