@@ -34,7 +34,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 err = Console(stderr=True)
-out = Console()
+console = Console()
 
 
 @contextmanager
@@ -61,7 +61,7 @@ def _guard():
 
 def _version(value: bool):
     if value:
-        out.print(f"mp {__version__}")
+        console.print(f"mp {__version__}")
         raise typer.Exit()
 
 
@@ -177,7 +177,7 @@ def _report(outcomes, as_json: bool, title: str):
     if as_json:
         print(_outcomes_json(outcomes))
     else:
-        out.print(_outcome_table(outcomes, title))
+        console.print(_outcome_table(outcomes, title))
     for o in outcomes:
         if o.status == "failed":
             err.print(f"mp: error: {o.error}", markup=False, highlight=False, soft_wrap=True)
@@ -205,7 +205,7 @@ def eval_cli(
         if as_json:
             print(results_json(results))
         else:
-            out.print(results_table(results))
+            console.print(results_table(results))
 
 
 @app.command("info")
@@ -237,7 +237,110 @@ def info_cli(
             table.add_column(col)
         for r in rows:
             table.add_row(*(str(v) for v in r.values()))
-        out.print(table)
+        console.print(table)
+
+
+@app.command("adapt")
+def adapt_cli(
+    kspace: List[Path] = typer.Option(..., "--kspace", "-k", help="k-space file(s) or folder(s) of one scanner/protocol."),
+    more: Optional[List[Path]] = typer.Argument(None, help="More k-space files (mp adapt --kspace a.h5 b.h5)."),
+    prior: Optional[Path] = typer.Option(None, help="Prior weights (default: the shipped meta-prior)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Adapted weights (default: RECON/adapted.safetensors or ./adapted.safetensors)."),
+    loss: str = typer.Option("ssdu", help="Measurement-only loss: ssdu | wssdu | ei | mc"),
+    steps: int = typer.Option(40, help="Maximum adaptation steps (early stopping may end sooner)."),
+    lam: float = typer.Option(1e-2, help="Proximity weight λ of λ/2‖φ − θ*‖²."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    patience: int = typer.Option(8, help="Stop after this many steps without self-validation improvement."),
+    recon: Optional[Path] = typer.Option(None, help="Also reconstruct the inputs into this folder."),
+    formats: List[str] = typer.Option(["h5", "nifti"], "--format", "-f", help="Formats for --recon (repeatable)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    seed: int = typer.Option(0, help="Seed of every random choice (splits, slices)."),
+    plot: Optional[Path] = typer.Option(None, help="Write the training/self-validation loss curve (PNG)."),
+    overwrite: bool = typer.Option(False, help="Replace existing outputs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+):
+    """Adapt the meta-prior to your scans using only their measurements.
+
+    Example: mp adapt --kspace scan.h5 --recon out/
+    """
+    with _guard():
+        import torch
+
+        from mpcli.batch import check_output_dir, collect_inputs, output_stems, run_batch
+        from mpcli.deploy import adapt_files
+        from mpcli.device import resolve_device
+        from mpcli.errors import InputError
+        from mpcli.meta.adapt import AdaptConfig
+        from mpcli.meta.losses import is_measurement_only
+        from mpcli.reconstruct import FORMATS, ReconOptions, reconstruct_scan, write_outputs
+
+        if loss not in ("ssdu", "wssdu", "ei", "mc") or not is_measurement_only(loss):
+            raise InputError(None, f"--loss must be a measurement-only loss (ssdu, wssdu, ei, mc), got {loss!r}")
+        bad = [f for f in formats if f not in FORMATS]
+        if bad:
+            raise InputError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
+        inputs = list(kspace) + list(more or [])
+        if recon is not None:
+            check_output_dir(recon, inputs)
+        files = collect_inputs(inputs)
+        if not files:
+            raise InputError(None, "no k-space files found in the given paths")
+        weights = out or ((recon / "adapted.safetensors") if recon else Path("adapted.safetensors"))
+        dev = resolve_device(device)
+        torch.manual_seed(seed)
+        config = AdaptConfig(loss=loss, steps=steps, lam=lam, lr=lr, patience=patience, seed=seed)
+        with _progress() as progress:
+            reading = progress.add_task("coil maps", total=len(files))
+            task = progress.add_task("adapt", total=steps)
+
+            def on_step(step, total, record):
+                progress.update(task, completed=step,
+                                description=f"adapt  train {record['train']:.4f}  val {record['val']:.4f}")
+
+            adapted = adapt_files(files, weights, prior, config, dev, progress=on_step,
+                                  on_file=lambda f: progress.advance(reading), overwrite=overwrite)
+        res = adapted.result
+        outcomes = []
+        if recon is not None:
+            options = ReconOptions(method="adapted", formats=tuple(dict.fromkeys(formats)))
+            maps = {(s.scan.sha256, s.scan.frame): s.maps for s in adapted.site}
+
+            def process(scan, stem):
+                r = reconstruct_scan(scan, options, dev, model=adapted.model, model_sha256=adapted.sha256,
+                                     maps=maps.get((scan.sha256, scan.frame)))
+                return write_outputs(r, recon, stem, options)
+
+            outcomes = run_batch(files, recon, process, model_sha256=adapted.sha256,
+                                 options=options.manifest(), overwrite=overwrite, stems=output_stems(files))
+        if plot is not None:
+            from mpcli.report import loss_curve
+
+            curve = res.curve
+            loss_curve([c["step"] for c in curve], [c["train"] for c in curve], [c["val"] for c in curve],
+                       plot, best_step=res.best_step)
+        summary = {"weights": str(adapted.weights), "sha256": adapted.sha256, "parent_sha256": adapted.parent_sha256,
+                   "steps": len(res.curve) - 1, "best_step": res.best_step, "stopped_early": res.stopped_early,
+                   "val_loss_prior": res.curve[0]["val"], "val_loss_best": min(c["val"] for c in res.curve),
+                   "distance_to_prior": res.distance, "seconds": round(res.seconds, 2),
+                   "recon": json.loads(_outcomes_json(outcomes)) if outcomes else []}
+        if as_json:
+            print(json.dumps(summary, indent=2))
+        else:
+            from rich.table import Table
+
+            table = Table(title="mp adapt", show_header=False)
+            for key in ("weights", "sha256", "steps", "best_step", "stopped_early", "val_loss_prior",
+                        "val_loss_best", "distance_to_prior", "seconds"):
+                value = summary[key]
+                table.add_row(key, f"{value:.5g}" if isinstance(value, float) else str(value))
+            console.print(table)
+            if outcomes:
+                console.print(_outcome_table(outcomes, "reconstructions"))
+        for o in outcomes:
+            if o.status == "failed":
+                err.print(f"mp: error: {o.error}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(_batch_exit(outcomes) if outcomes else EXIT_OK)
 
 
 def main():

@@ -60,8 +60,12 @@ class Recon:
 
 
 def reconstruct_scan(scan: Scan, options: ReconOptions, device: torch.device,
-                     model: torch.nn.Module | None = None, model_sha256: str | None = None) -> Recon:
-    """Reconstruct ``scan`` with ``options.method`` on ``device``."""
+                     model: torch.nn.Module | None = None, model_sha256: str | None = None,
+                     maps: torch.Tensor | None = None) -> Recon:
+    """Reconstruct ``scan`` with ``options.method`` on ``device``.
+
+    ``maps`` (``[S, C, H, W]``) are estimated with ESPIRiT when not given.
+    """
     from mpcli.physics.coils import estimate_maps
 
     if options.method == "zero-filled":
@@ -69,7 +73,8 @@ def reconstruct_scan(scan: Scan, options: ReconOptions, device: torch.device,
 
         image = reconstruct_classical(scan, "zero-filled", device=device)
         return Recon(image, scan, options.method, None)
-    maps = estimate_maps(scan.kspace, scan.mask, device=device)  # [S, C, H, W]
+    if maps is None:
+        maps = estimate_maps(scan.kspace, scan.mask, device=device)  # [S, C, H, W]
     if options.method in CLASSICAL:
         from mpcli.recon.classical import reconstruct_classical
 

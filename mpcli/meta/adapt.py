@@ -1,0 +1,170 @@
+"""Measurement-only adaptation of a (meta-)prior to new scans: ``mp adapt``.
+
+Starting at θ* (the shipped meta-prior, or a site prior), run the inner problem
+of meta-training on the new scans only::
+
+    φ ← step(φ; ∇ [ L_inner(f_φ; y_T, A_T) + λ/2 ‖φ − θ*‖² ])
+
+where L_inner is a measurement-only loss (default SSDU) and (y_T, A_T) the
+acquired k-space *minus* a fixed self-validation set Γ ⊂ Ω (zero-shot SSDU,
+Yaman et al. 2022): Ω = T ⊔ Γ, |Γ| ≈ ``val_fraction``·|Ω|, drawn once and
+uniformly outside the centre. After each step the validation loss ::
+
+    L_val(φ) = ‖A_Γ f_φ(y_T, A_T) − y_Γ‖² / ‖y_Γ‖²
+
+is measured; adaptation stops when it has not improved for ``patience`` steps
+and returns the best φ. Reconstruction afterwards uses all of Ω.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from mpcli.meta.functional import Params, bind, params_of, tree_detach, tree_sqnorm, tree_sub
+from mpcli.meta.inner import init_opt_state, inner_step
+from mpcli.meta.losses import acquired_mask, derive_seed, make_loss, reseed
+from mpcli.physics.masks import split_mask
+from mpcli.physics.sense import Sense, sense
+from mpcli.scan import Scan
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Adaptation settings (defaults chosen by ``bench/adapt_defaults.py``)."""
+
+    loss: str = "ssdu"
+    steps: int = 40
+    lr: float = 1e-3
+    lam: float = 1e-2
+    optimizer: str = "adam"
+    val_fraction: float = 0.1
+    patience: int = 8
+    slices_per_step: int = 4
+    val_slices: int = 8
+    seed: int = 0
+    loss_kw: dict = field(default_factory=dict)
+
+
+class SiteBatch(NamedTuple):
+    """Measurements of one scan: no ground truth."""
+
+    x: torch.Tensor | None
+    y: torch.Tensor  # [S, C, H, W]
+    A: Sense
+
+
+def scan_batch(scan: Scan, maps: torch.Tensor, device: torch.device) -> SiteBatch:
+    """(y, A) of a whole scan on ``device``: A = M F S with the scan's mask."""
+    return SiteBatch(None, scan.kspace.to(device), sense(maps.to(device), scan.mask.to(device)))
+
+
+class EarlyStopping:
+    """Stop when the monitored value has not improved by ``min_delta`` (relative)
+    for ``patience`` consecutive updates; remembers the best step."""
+
+    def __init__(self, patience: int, min_delta: float = 1e-3):
+        self.patience, self.min_delta = patience, min_delta
+        self.best = float("inf")
+        self.best_step = 0
+        self.bad = 0
+
+    def update(self, step: int, value: float) -> bool:
+        """Record ``value`` at ``step``; True when it is time to stop."""
+        if value < self.best * (1 - self.min_delta):
+            self.best, self.best_step, self.bad = value, step, 0
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+
+def holdout(batch: SiteBatch, fraction: float, seed: int) -> tuple[SiteBatch, SiteBatch]:
+    """Split Ω = T ⊔ Γ once: (training batch on T, validation batch on Γ)."""
+    omega = acquired_mask(batch.y, batch.A)  # [S, 1, H, W]
+    gen = torch.Generator().manual_seed(seed)
+    t, g = split_mask(omega.cpu(), fraction, gen, kind="uniform")
+    t, g = t.to(omega.device), g.to(omega.device)
+    return (SiteBatch(None, batch.y * t, batch.A.with_mask(t)),
+            SiteBatch(None, batch.y * g, batch.A.with_mask(g)))
+
+
+def _take(batch: SiteBatch, idx) -> SiteBatch:
+    return SiteBatch(None, batch.y[idx], Sense(batch.A.maps[idx], batch.A.mask[idx]))
+
+
+def validation_loss(model: nn.Module, phi: Params, train: SiteBatch, val: SiteBatch) -> float:
+    """‖A_Γ f_φ(y_T, A_T) − y_Γ‖² / ‖y_Γ‖² summed over the given slices."""
+    with torch.no_grad():
+        x_hat = bind(model, phi)(train.y, train.A)
+        r = val.A(x_hat) - val.y
+        return float(r.abs().pow(2).sum() / val.y.abs().pow(2).sum().clamp_min(1e-30))
+
+
+@dataclass
+class AdaptResult:
+    """The adapted parameters and how adaptation went."""
+
+    params: Params
+    curve: list[dict]  # {"step", "train", "val"} per step (step 0: the prior)
+    best_step: int
+    stopped_early: bool
+    seconds: float
+    distance: float  # ‖φ − θ*‖
+    config: dict
+
+
+def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: AdaptConfig,
+          progress: Callable[[int, int, dict], None] | None = None) -> AdaptResult:
+    """Adapt θ* to the scans in ``batches`` (one :class:`SiteBatch` per scan).
+
+    Each step takes ``slices_per_step`` random slices of one scan (scans in
+    turn), all randomness from ``config.seed``.
+    """
+    t0 = time.perf_counter()
+    theta = tree_detach(theta)
+    loss = make_loss(config.loss, **config.loss_kw)
+    splits = [holdout(b, config.val_fraction, derive_seed(config.seed, i, 17)) for i, b in enumerate(batches)]
+    gen = torch.Generator().manual_seed(derive_seed(config.seed, 1))
+    val_idx = [torch.randperm(b.y.shape[0], generator=gen)[: config.val_slices].sort().values for b in batches]
+
+    def val_of(phi) -> float:
+        return sum(validation_loss(model, phi, _take(t, i), _take(g, i))
+                   for (t, g), i in zip(splits, val_idx)) / len(splits)
+
+    phi, state = dict(theta), init_opt_state(config.optimizer, theta)
+    best_phi, stopper = phi, EarlyStopping(config.patience)
+    stopper.update(0, val_of(phi))
+    curve = [{"step": 0, "train": float("nan"), "val": stopper.best}]
+    stopped = False
+    for step in range(1, config.steps + 1):
+        k = (step - 1) % len(batches)
+        train = splits[k][0]
+        n = train.y.shape[0]
+        pick = torch.randperm(n, generator=gen)[: config.slices_per_step].sort().values
+        reseed(loss, derive_seed(config.seed, step))
+        phi, state, value = inner_step(model, phi, theta, _take(train, pick), loss, config.lr, config.lam,
+                                       state, create_graph=False)
+        phi = tree_detach(phi)
+        val = val_of(phi)
+        stop = stopper.update(step, val)
+        if stopper.best_step == step:
+            best_phi = phi
+        record = {"step": step, "train": float(value), "val": val}
+        curve.append(record)
+        if progress:
+            progress(step, config.steps, record)
+        if stop:
+            stopped = True
+            break
+    distance = float(tree_sqnorm(tree_sub(best_phi, theta)).sqrt())
+    return AdaptResult(best_phi, curve, stopper.best_step, stopped, time.perf_counter() - t0, distance,
+                       asdict(config))
+
+
+def prior_params(model: nn.Module) -> Params:
+    """θ* as a detached parameter dict."""
+    return tree_detach(params_of(model))
