@@ -112,3 +112,15 @@ def test_site_mode_trains_without_ground_truth(tmp_path):
     assert any(not torch.equal(res.params[k], init[k]) for k in init)
     with pytest.raises(ValueError):
         meta_train_site(toy_config(inner_loss="l2"), scans, init, tmp_path / "bad.safetensors", model=toy_model())
+
+
+def test_meta_train_builds_the_configured_network_and_its_weights_load(tmp_path):
+    from mpcli.io.weights import load_model
+
+    cfg = toy_config(steps=1, tasks_per_step=1, inner_steps=1, network={"arch": "pdnet", "layers": 1, "filters": 4})
+    res = meta_train(cfg, tmp_path / "w.safetensors", family=ToyFamily())
+    model, meta = load_model(res.weights)
+    assert meta["config"] == cfg.network and meta["meta_train"]["steps"] == 1 and meta["sha256"] == res.sha256
+    assert meta["data"]["family"] == ToyFamily().to_config()
+    state = model.state_dict()
+    assert set(state) == set(res.params) and all(torch.equal(state[k], res.params[k]) for k in state)

@@ -36,7 +36,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 Model = Callable[[torch.Tensor, object], torch.Tensor]
 
@@ -103,33 +102,16 @@ class SupervisedL1:
         return (x_hat - x).abs().reshape(x.shape[0], -1).mean(dim=1).mean()
 
 
-def ssim_fallback(a: torch.Tensor, b: torch.Tensor, data_range: torch.Tensor, win: int = 7) -> torch.Tensor:
-    """Differentiable SSIM ``[B]`` of real images ``a``, ``b`` ``[B, H, W]``.
-
-    fastMRI/scikit-image convention: uniform ``win``×``win`` window, K1 = 0.01,
-    K2 = 0.03, sample covariance (N/(N−1)), mean over valid window positions.
-    ``data_range`` ``[B]`` (or a scalar) sets C1 = (K1 L)², C2 = (K2 L)².
-    """
-    L = torch.as_tensor(data_range, dtype=a.dtype, device=a.device).reshape(-1, 1, 1, 1)
-    c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
-    w = torch.ones(1, 1, win, win, dtype=a.dtype, device=a.device) / win**2
-    a4, b4 = a.unsqueeze(1), b.unsqueeze(1)  # [B, 1, H, W]
-    ux, uy = F.conv2d(a4, w), F.conv2d(b4, w)
-    uxx, uyy, uxy = F.conv2d(a4 * a4, w), F.conv2d(b4 * b4, w), F.conv2d(a4 * b4, w)
-    cov = win**2 / (win**2 - 1)
-    vx, vy, vxy = cov * (uxx - ux * ux), cov * (uyy - uy * uy), cov * (uxy - ux * uy)
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    return s.reshape(s.shape[0], -1).mean(dim=1)
-
-
 class SupervisedSSIM:
     """1 − SSIM(|x̂|, |x|) with data range max|x| per sample (fastMRI)."""
 
     def __call__(self, x_hat, y, A, model, x=None):
         x = _need_x(x, "ssim")
         xa, ha = x.abs(), x_hat.abs()  # [B, H, W]
+        from mpcli.metrics import ssim_torch  # noqa: PLC0415
+
         data_range = xa.reshape(xa.shape[0], -1).amax(dim=1).detach()  # [B]
-        return (1.0 - ssim_fallback(ha, xa, data_range)).mean()
+        return (1.0 - ssim_torch(ha, xa, data_range)).mean()
 
 
 # ---------------------------------------------------------------------- measurement-only
