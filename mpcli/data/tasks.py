@@ -1,0 +1,222 @@
+"""Tasks (acquisition regimes) and task families for meta-learning.
+
+A :class:`Task` fixes one acquisition regime: sampling pattern and acceleration
+R, centre fraction, number of coils, noise level, image source (contrast),
+plane and matrix size, plus a seed. Its sampling mask is fixed by the task
+(``make_mask(kind, size, R, cf, seed)``, ``[1, 1, H, W]``); each example j
+draws its own anatomy, coil array, phase and noise from
+``np.random.default_rng([seed, j])``, so example j of a task is the same
+whenever and wherever it is simulated::
+
+    x_j = m_j ⊙ exp(iφ_j)                m_j: source image (max 1), φ_j smooth phase
+    y_j = M ⊙ (F(S_j ⊙ x_j) + n_j)       σ = noise_rel · RMS(F(S_j ⊙ x_j))
+
+(:mod:`mpcli.data.simulate`). For a ``fastmri:DIR`` source the k-space is the
+file's own (resized, :class:`~mpcli.data.sources.FastMRISource`): x_j = RSS
+image, S_j = coil images / RSS (so Σ|S|² = 1 and A x_j equals the file's
+k-space exactly), plus optional extra noise.
+
+A :class:`TaskFamily` is a distribution over tasks (lists of choices and
+uniform ranges); ``DEFAULT_TRAIN_FAMILY`` is what the shipped meta-prior is
+trained on and ``HELD_OUT`` are families it never sees, each changing one
+factor (plane, contrast, mask, acceleration, coils, matrix) or all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from mpcli.data.simulate import coil_maps, simulate_kspace, smooth_phase
+from mpcli.data.sources import get_source
+from mpcli.physics.fft import ifft2c
+from mpcli.physics.masks import MASK_KINDS, make_mask
+from mpcli.physics.sense import Sense
+
+
+class Batch(NamedTuple):
+    """Simulated examples of one task.
+
+    Attributes:
+        x: ground truth ``[B, H, W]`` complex64 (image × smooth phase).
+        y: masked noisy k-space ``[B, C, H, W]`` complex64.
+        A: SENSE operator with the true maps ``[B, C, H, W]`` and the task's
+           mask ``[1, 1, H, W]``.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    A: Sense
+
+
+@dataclass(frozen=True)
+class Task:
+    """One acquisition regime (see the module docstring)."""
+
+    mask_kind: str = "random"
+    acceleration: float = 4.0
+    center_fraction: float = 0.08
+    n_coils: int = 8
+    noise_rel: float = 0.0
+    source: str = "mni_t1"
+    plane: str = "axial"
+    size: tuple[int, int] = (128, 128)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mask_kind not in MASK_KINDS:
+            raise ValueError(f"unknown mask kind {self.mask_kind!r}; expected one of {MASK_KINDS}")
+        if self.n_coils < 1 or self.acceleration < 1 or self.noise_rel < 0 or self.seed < 0:
+            raise ValueError(f"invalid task {self}")
+        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+
+    def mask(self) -> torch.Tensor:
+        """The task's sampling mask, float32 ``[1, 1, H, W]`` (fixed by the seed)."""
+        m = make_mask(self.mask_kind, self.size, self.acceleration, self.center_fraction,
+                      self.seed)
+        return m.to(torch.float32).expand(1, 1, *self.size).contiguous()  # [1, 1, H, W]
+
+    def sample(self, n: int, generator: torch.Generator | int = 0) -> Batch:
+        """Simulate ``n`` examples: indices j = start … start + n − 1.
+
+        ``generator``: an int is the start index itself; a ``torch.Generator``
+        draws the start index. Example j depends only on (task, j).
+        """
+        if isinstance(generator, torch.Generator):
+            start = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        else:
+            start = int(generator)
+        mask = self.mask()  # [1, 1, H, W]
+        src = get_source(self.source)
+        xs, ks, ss = [], [], []
+        for j in range(start, start + n):
+            rng = np.random.default_rng([self.seed, j])
+            if hasattr(src, "kspace_slices"):
+                x, k, maps = self._own_kspace(src, rng)
+            else:
+                img = next(src.images(self.plane, self.size, rng))  # [H, W]
+                x = img * np.exp(1j * smooth_phase(self.size, rng, rng.uniform(0.2, 1.5)))
+                maps = coil_maps(self.n_coils, self.size, rng, kind=str(rng.choice(["ring", "gaussian"])))
+                k = simulate_kspace(x, maps, self.noise_rel, rng)  # [C, H, W]
+            xs.append(torch.as_tensor(np.asarray(x, dtype=np.complex64)))
+            ks.append(torch.as_tensor(k))
+            ss.append(torch.as_tensor(maps))
+        x = torch.stack(xs)  # [B, H, W]
+        maps = torch.stack(ss)  # [B, C, H, W]
+        y = torch.stack(ks) * mask  # [B, C, H, W]
+        return Batch(x, y, Sense(maps, mask))
+
+    def _own_kspace(self, src, rng: np.random.Generator):
+        """x = RSS, S = coil images / RSS, k = file k-space (+ extra noise)."""
+        k = next(src.kspace_slices(self.size, rng))  # [C, H, W]
+        coil = ifft2c(torch.from_numpy(k)).numpy()  # [C, H, W]
+        rss = np.sqrt((np.abs(coil) ** 2).sum(0))  # [H, W]
+        maps = np.where(rss > 1e-6 * rss.max(), coil / np.maximum(rss, 1e-30), 0)
+        if self.noise_rel > 0:
+            sigma = self.noise_rel * float(np.sqrt(np.mean(np.abs(k) ** 2)))
+            noise = rng.normal(size=(2, *k.shape)) * (sigma / np.sqrt(2))
+            k = k + noise[0] + 1j * noise[1]
+        return rss.astype(np.complex64), k.astype(np.complex64), maps.astype(np.complex64)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Task":
+        return cls(**{**d, "size": tuple(d.get("size", (128, 128)))})
+
+
+def _uniform(rng: np.random.Generator, lo_hi, digits: int = 3) -> float:
+    lo, hi = lo_hi
+    return round(float(rng.uniform(lo, hi)), digits) if hi > lo else float(lo)
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """A distribution over tasks: choices (tuples) and uniform ranges (lo, hi).
+
+    ``accelerations``, ``center_fractions``, ``noise_rel`` are uniform on
+    [lo, hi] (R rounded to an integer: equispaced masks need one); ``n_coils`` uniform integer in [lo, hi];
+    ``mask_kinds``, ``sources``, ``planes``, ``sizes`` uniform choices.
+    """
+
+    mask_kinds: tuple[str, ...] = ("random", "equispaced", "gaussian")
+    accelerations: tuple[float, float] = (2.0, 6.0)
+    center_fractions: tuple[float, float] = (0.06, 0.1)
+    n_coils: tuple[int, int] = (4, 12)
+    noise_rel: tuple[float, float] = (0.0, 0.02)
+    sources: tuple[str, ...] = ("mni_t1",)
+    planes: tuple[str, ...] = ("axial", "coronal")
+    sizes: tuple[tuple[int, int], ...] = ((128, 128),)
+
+    def sample_task(self, rng: np.random.Generator) -> Task:
+        """Draw one task (its seed too) from the family."""
+        r = float(round(_uniform(rng, self.accelerations)))
+        return Task(
+            mask_kind=str(rng.choice(list(self.mask_kinds))),
+            acceleration=max(1.0, r),
+            center_fraction=_uniform(rng, self.center_fractions),
+            n_coils=int(rng.integers(self.n_coils[0], self.n_coils[1] + 1)),
+            noise_rel=_uniform(rng, self.noise_rel, 4),
+            source=str(rng.choice(list(self.sources))),
+            plane=str(rng.choice(list(self.planes))),
+            size=tuple(self.sizes[int(rng.integers(len(self.sizes)))]),
+            seed=int(rng.integers(0, 2**31 - 1)),
+        )
+
+    def contains(self, task: Task) -> bool:
+        """True when ``task`` lies in the support of this family (seed ignored)."""
+        def within(v, lo_hi):
+            return lo_hi[0] - 1e-9 <= v <= lo_hi[1] + 1e-9
+
+        return (task.mask_kind in self.mask_kinds
+                and within(task.acceleration, (round(self.accelerations[0]), round(self.accelerations[1])))
+                and within(task.center_fraction, self.center_fractions)
+                and within(task.n_coils, self.n_coils)
+                and within(task.noise_rel, self.noise_rel)
+                and task.source in self.sources and task.plane in self.planes
+                and tuple(task.size) in {tuple(s) for s in self.sizes})
+
+    def to_config(self) -> dict:
+        """Plain JSON/TOML-friendly dict (lists instead of tuples)."""
+        d = asdict(self)
+        return {k: [list(s) for s in v] if k == "sizes" else list(v) for k, v in d.items()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TaskFamily":
+        """Inverse of :meth:`to_config`; missing keys take the defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"unknown task-family keys: {', '.join(sorted(unknown))}")
+        kw = {k: tuple(tuple(s) for s in v) if k == "sizes" else tuple(v)
+              for k, v in config.items()}
+        return cls(**kw)
+
+
+DEFAULT_TRAIN_FAMILY = TaskFamily()
+"""MNI T1 axial + coronal, random/equispaced/Gaussian masks, R 2–6, 4–12 coils,
+128×128, noise 0–2 %: what the shipped meta-prior is meta-trained on."""
+
+HELD_OUT: dict[str, TaskFamily] = {
+    # one factor outside the training family at a time …
+    "sagittal": TaskFamily(planes=("sagittal",)),
+    "contrast": TaskFamily(sources=("mni_t2like", "mni_flairlike"), planes=("axial",)),
+    "poisson": TaskFamily(mask_kinds=("poisson",), accelerations=(4.0, 8.0)),
+    "acceleration_8": TaskFamily(mask_kinds=("random", "equispaced"), accelerations=(8.0, 8.0),
+                                 center_fractions=(0.04, 0.04)),
+    "coils_16_20": TaskFamily(n_coils=(16, 20)),
+    "matrix": TaskFamily(sizes=((96, 96), (160, 128), (192, 192))),
+    "phantom": TaskFamily(sources=("shepp_logan",)),
+    # … and all of them at once
+    "all": TaskFamily(mask_kinds=("poisson",), accelerations=(8.0, 8.0),
+                      center_fractions=(0.04, 0.04), n_coils=(16, 20),
+                      sources=("mni_t2like", "mni_flairlike"), planes=("sagittal",),
+                      sizes=((160, 160),)),
+}
+"""Held-out benchmark families: the meta-prior never sees these regimes."""
