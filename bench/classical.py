@@ -29,7 +29,7 @@ from mpcli.device import resolve_device
 from mpcli.physics.coils import estimate_maps
 from mpcli.physics.fft import fft2c
 from mpcli.physics.sense import Sense
-from mpcli.recon.classical import cg_sense, l1_wavelet, zero_filled
+from mpcli.recon.classical import DEFAULT_LAM, cg_sense, l1_wavelet, zero_filled
 
 
 def brain_volume(slices: int) -> np.ndarray:
@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--accel", type=float, default=4.0)
     ap.add_argument("--centre", type=float, default=0.08)
     ap.add_argument("--noise", type=float, default=0.002, help="k-space noise std (image max = 1)")
-    ap.add_argument("--lam", type=float, default=0.002, help="CS λ (relative to the image scale)")
+    ap.add_argument("--lam", type=float, default=DEFAULT_LAM, help="CS λ (relative to the image scale)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)

@@ -20,7 +20,7 @@ pytest.importorskip("sigpy")
 
 from mpcli.physics.coils import estimate_maps
 from mpcli.physics.sense import Sense
-from mpcli.recon.classical import cg_sense, l1_wavelet, zero_filled
+from mpcli.recon.classical import DEFAULT_LAM, cg_sense, l1_wavelet, zero_filled
 from mpcli.scan import mask_from_kspace
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
@@ -72,7 +72,7 @@ def test_cs_on_real_poisson_brain_fits_data_and_predicts_held_out_kspace():
     y = ksp * seen  # [1, 8, H, W]
 
     maps = estimate_maps(y, seen)  # [1, 8, H, W]
-    x_cs = l1_wavelet(y, maps, seen, lam=0.002, iters=100)  # [1, H, W]
+    x_cs = l1_wavelet(y, maps, seen, lam=DEFAULT_LAM, iters=100)  # [1, H, W]
     x_zf = Sense(maps, seen).H(y)  # [1, H, W] coil-combined zero-filled
 
     fit = _rel(Sense(maps, seen)(x_cs), y)
@@ -102,7 +102,7 @@ def test_sense_and_cs_beat_zero_filled_on_real_mprage_4x():
     psnr = {
         "zero-filled": _psnr(ref, zero_filled(y).numpy()),
         "sense": _psnr(ref, cg_sense(y, Sense(maps, mask), tikhonov=0.01, iters=30).abs().numpy()),
-        "cs": _psnr(ref, l1_wavelet(y, maps, mask, lam=0.002, iters=100).abs().numpy()),
+        "cs": _psnr(ref, l1_wavelet(y, maps, mask, lam=DEFAULT_LAM, iters=100).abs().numpy()),
     }
     msg = "MPRAGE 4x PSNR (dB): " + ", ".join(f"{k} {v:.2f}" for k, v in psnr.items())
     msg += f" (acceleration {mask.numel() / float(mask.sum()):.2f})"

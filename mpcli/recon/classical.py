@@ -30,6 +30,7 @@ from mpcli.physics.sense import LinearOperator, Sense
 from mpcli.scan import Scan, center_crop
 
 METHODS = ("zero-filled", "sense", "cs")
+DEFAULT_LAM = 1e-3  # CS λ: best of 1e-3 / 3e-3 / 1e-2 on the LORAKS MPRAGE 4× and the MNI bench
 _OPTIONS = {"tikhonov", "iters", "tol", "lam", "calib_width"}
 
 
@@ -169,7 +170,7 @@ def reconstruct_classical(
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or a torch device.
         batch_size: slices per CG-SENSE batch (bounds memory).
         **opts: ``tikhonov`` (default 0.01), ``iters`` (30), ``tol`` (1e-6) for
-            SENSE; ``lam`` (default 0.002), ``iters`` (100) for CS;
+            SENSE; ``lam`` (default :data:`DEFAULT_LAM`), ``iters`` (100) for CS;
             ``calib_width`` for the maps.
 
     Returns:
@@ -225,6 +226,6 @@ def _reconstruct(scan, method, maps, dev, batch_size, opts) -> torch.Tensor:
             image = torch.cat(parts)  # [S, H, W]
         else:
             image = l1_wavelet(
-                kspace, maps, mask, lam=opts.get("lam", 0.002), iters=opts.get("iters", 100)
+                kspace, maps, mask, lam=opts.get("lam", DEFAULT_LAM), iters=opts.get("iters", 100)
             ).abs()  # [S, H, W]
     return image
