@@ -99,9 +99,9 @@ class ToyNet(nn.Module):
 def toy_config(**kw):
     from mpcli.meta.train import MetaTrainConfig
 
-    base = dict(steps=2, tasks_per_step=3, inner_steps=2, inner_lr=0.05, inner_loss="mc", outer_loss="l2",
-                outer_lr=1e-2, batch_size=2, checkpoint_every=1, val_every=0, seed=3, device="cpu",
-                network={"arch": "toy"}, tasks={"toy": True})
+    base = {"steps": 2, "tasks_per_step": 3, "inner_steps": 2, "inner_lr": 0.05, "inner_loss": "mc",
+            "outer_loss": "l2", "outer_lr": 1e-2, "batch_size": 2, "checkpoint_every": 1, "val_every": 0,
+            "seed": 3, "device": "cpu", "network": {"arch": "toy"}, "tasks": {"toy": True}}
     base.update(kw)
     return MetaTrainConfig(**base)
 

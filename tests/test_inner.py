@@ -8,12 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpcli.meta.functional import bind, params_of, proximity, tree_dot, tree_sqnorm, tree_sub
+from mpcli.meta.functional import (
+    bind,
+    params_of,
+    proximity,
+    tree_dot,
+    tree_sqnorm,
+    tree_sub,
+)
 from mpcli.meta.inner import init_opt_state, inner_loop, inner_step
 from mpcli.meta.losses import make_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_script import ToyNet, ToyTask  # noqa: E402
+from ddp_script import ToyNet, ToyTask
 
 
 def _setup(seed=0):

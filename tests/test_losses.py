@@ -8,12 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpcli.meta.losses import LOSSES, SSDU, EquivariantImaging, WeightedSSDU, acquired_mask, is_measurement_only, \
-    make_loss
+from mpcli.meta.losses import (
+    LOSSES,
+    SSDU,
+    EquivariantImaging,
+    WeightedSSDU,
+    acquired_mask,
+    is_measurement_only,
+    make_loss,
+)
 from mpcli.physics.sense import Sense
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_script import ToyNet, ToyTask, coil_maps  # noqa: E402
+from ddp_script import ToyNet, ToyTask, coil_maps
 
 
 def _batch(n=2, size=8, accel=2, seed=0):

@@ -23,7 +23,7 @@ from mpcli.meta.losses import make_loss, reseed
 from mpcli.meta.train import hypergradient
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_script import ToyNet, ToyTask  # noqa: E402
+from ddp_script import ToyNet, ToyTask
 
 N, M = 6, 3  # image size n, measurements m < n
 O = [0, 2, 3]  # observed indices
@@ -120,7 +120,7 @@ def _tiny_problem(seed=0):
 def test_second_order_hypergradient_matches_finite_differences(optimizer, inner):
     model, support, query = _tiny_problem()
     inner_loss, outer_loss = make_loss(inner), make_loss("l2")
-    kw = dict(steps=3, lr=0.05 if optimizer == "sgd" else 0.01, lam=0.5, optimizer=optimizer)
+    kw = {"steps": 3, "lr": 0.05 if optimizer == "sgd" else 0.01, "lam": 0.5, "optimizer": optimizer}
 
     def outer_value(theta):
         reseed(inner_loss, 0)  # the same splits at every evaluation
@@ -143,7 +143,7 @@ def test_second_order_hypergradient_matches_finite_differences(optimizer, inner)
         fd.append((outer_value(plus) - outer_value(minus)) / (2 * eps))
         ad.append(float(tree_dot(g2, d)))
         fo.append(float(tree_dot(g1, d)))
-    fd, ad, fo = map(lambda v: torch.tensor(v, dtype=torch.float64), (fd, ad, fo))
+    fd, ad, fo = (torch.tensor(v, dtype=torch.float64) for v in (fd, ad, fo))
     assert float((ad - fd).norm() / fd.norm()) < 1e-4, (ad, fd)
     assert float((fo - fd).norm() / fd.norm()) > 1e-3  # first order is only an approximation
 
@@ -151,7 +151,7 @@ def test_second_order_hypergradient_matches_finite_differences(optimizer, inner)
 def test_first_order_equals_detached_computation():
     model, support, query = _tiny_problem(1)
     inner_loss, outer_loss = make_loss("mc"), make_loss("l2")
-    kw = dict(steps=3, lr=0.05, lam=0.2, optimizer="sgd")
+    kw = {"steps": 3, "lr": 0.05, "lam": 0.2, "optimizer": "sgd"}
     theta = params_of(model, requires_grad=True)
     g1, value, _ = hypergradient(model, theta, support, query, inner_loss, outer_loss, first_order=True, **kw)
     # Detached: run the inner loop without any graph, then differentiate the

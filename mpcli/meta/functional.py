@@ -15,7 +15,7 @@ Tree helpers treat a dict as one long vector::
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

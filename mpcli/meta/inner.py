@@ -22,7 +22,7 @@ second-order hypergradient needs; it differs from torch's Adam by O(ε)).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -32,7 +32,7 @@ operator is never modified: splitting builds new operators with
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 def acquired_mask(y: torch.Tensor, A) -> torch.Tensor:
     """The acquired set Ω of ``A`` as a float mask ``[B, 1, H, W]`` (1 = sampled)."""
-    B, C, H, W = y.shape
+    B, _, H, W = y.shape
     m = torch.broadcast_to(A.mask, (B, A.mask.shape[-3] if A.mask.dim() >= 3 else 1, H, W))
     return (m[:, :1] > 0).to(y.real.dtype)  # [B, 1, H, W]
 
@@ -108,7 +108,7 @@ class SupervisedSSIM:
     def __call__(self, x_hat, y, A, model, x=None):
         x = _need_x(x, "ssim")
         xa, ha = x.abs(), x_hat.abs()  # [B, H, W]
-        from mpcli.metrics import ssim_torch  # noqa: PLC0415
+        from mpcli.metrics import ssim_torch
 
         data_range = xa.reshape(xa.shape[0], -1).amax(dim=1).detach()  # [B]
         return (1.0 - ssim_torch(ha, xa, data_range)).mean()
@@ -146,7 +146,7 @@ class SSDU(_Seeded):
 
     def split(self, y: torch.Tensor, A) -> tuple[torch.Tensor, torch.Tensor]:
         """One split (Θ, Λ) of Ω, each ``[B, 1, H, W]``, from the next generator."""
-        from mpcli.physics.masks import split_mask  # noqa: PLC0415
+        from mpcli.physics.masks import split_mask
 
         omega = acquired_mask(y, A)  # [B, 1, H, W]
         theta, lam = split_mask(omega.cpu(), self.rho, self._generator(), kind=self.kind)
@@ -198,10 +198,11 @@ class WeightedSSDU(_Seeded):
 
     so for a prediction that does not depend on the split, E_Λ[ℓ] equals the
     full measurement-consistency loss ‖A x̂ − y‖²/‖y‖² exactly
-    (E[1_{j∈Λ}] = 1 − K_j). This is the (1 − K)⁻¹ weighting of Millard & Chiew
-    ("A theoretical framework for self-supervised MR image reconstruction using
-    sub-sampling via variable density Noisier2Noise", 2023), here in its
-    conditional form: K_j = P(j ∈ Θ | Ω) with Ω fixed by the scan. p_max < 1
+    (E[1_{j∈Λ}] = 1 − K_j). After the (1 − K)⁻¹ loss weighting of Millard &
+    Chiew ("A theoretical framework for self-supervised MR image reconstruction
+    using sub-sampling via variable density Noisier2Noise", 2023), written here
+    in the conditional form K_j = P(j ∈ Θ | Ω), Ω fixed by the scan (their K
+    also folds in the density of Ω itself, which a single scan does not vary). p_max < 1
     keeps every point reachable by Λ (a point always in Θ would have infinite
     weight and break the identity above). ``x_hat`` is ignored.
     """

@@ -32,21 +32,27 @@ import json
 import math
 import os
 import time
-import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
+import tomllib
 import torch
 from torch import nn
 
 from mpcli.errors import InputError, ModelError, OutputError
 from mpcli.meta import distributed as ddp
-from mpcli.meta.functional import Params, bind, call, params_of
+from mpcli.meta.functional import Params, bind, params_of
 from mpcli.meta.inner import inner_loop
-from mpcli.meta.losses import (MeasurementConsistency, acquired_mask, derive_seed, is_measurement_only, make_loss,
-                               reseed)
+from mpcli.meta.losses import (
+    MeasurementConsistency,
+    acquired_mask,
+    derive_seed,
+    is_measurement_only,
+    make_loss,
+    reseed,
+)
 
 # Purposes of the derived seeds (the last key of derive_seed).
 _TASKS, _SAMPLE, _INNER, _OUTER, _SPLIT, _VAL = range(6)
@@ -95,7 +101,7 @@ class MetaTrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MetaTrainConfig":
+    def from_dict(cls, d: dict) -> MetaTrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -103,7 +109,7 @@ class MetaTrainConfig:
         return cls(**d)
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "MetaTrainConfig":
+    def from_toml(cls, path: str | Path) -> MetaTrainConfig:
         """Read a TOML file: top-level options, ``[network]``, ``[tasks]``, ``[*_loss_kw]``
         tables (an optional ``[meta]`` table may hold the top-level options)."""
         path = Path(path)
@@ -199,7 +205,7 @@ def checkpoint_path(out: Path) -> Path:
 
 
 def _atomic_save(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -228,12 +234,12 @@ def save_checkpoint(path: Path, theta: Params, opt: torch.optim.Optimizer, step:
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, int, dict]:
     """(θ, Adam state dict, RNG tensors, step, config) from :func:`save_checkpoint`'s file."""
-    from safetensors import safe_open  # noqa: PLC0415
+    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
     except Exception as err:  # noqa: BLE001 - safetensors raises several types
         raise ModelError(path, f"unreadable checkpoint: {err}") from None
     if meta.get("format") != "mpcli-meta-checkpoint":
@@ -299,14 +305,15 @@ def _psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _run(config: MetaTrainConfig, out: Path, log: Path | None, resume: bool, progress, init_params,
          model: nn.Module | None, episodes: Callable[[int, int], Episode], outer_loss_factory: Callable,
          data_summary: dict, info: ddp.DistInfo | None) -> TrainResult:
-    from mpcli.device import resolve_device  # noqa: PLC0415
+    from mpcli.device import resolve_device
 
-    info = ddp.init_from_env() if info is None else info
-    device = ddp.device_for(info, resolve_device(config.device))
+    device = resolve_device(config.device)
+    info = ddp.init_from_env(device.type) if info is None else info
+    device = ddp.device_for(info, device)
     out = Path(out)
     cfg = config.to_dict()
     if model is None:
-        from mpcli.recon.network import build_network  # noqa: PLC0415
+        from mpcli.recon.network import build_network
 
         torch.manual_seed(config.seed)
         model = build_network(config.network)
@@ -338,8 +345,8 @@ def _run(config: MetaTrainConfig, out: Path, log: Path | None, resume: bool, pro
     inner_loss = make_loss(config.inner_loss, **config.inner_loss_kw)
     outer_loss = outer_loss_factory()
     T = config.tasks_per_step
-    inner_kw = dict(steps=config.inner_steps, lr=config.inner_lr, lam=config.lam,
-                    optimizer=config.inner_optimizer)
+    inner_kw = {"steps": config.inner_steps, "lr": config.inner_lr, "lam": config.lam,
+                "optimizer": config.inner_optimizer}
     history: list[dict] = []
     mine = ddp.shard(T, info)
 
@@ -387,8 +394,8 @@ def _run(config: MetaTrainConfig, out: Path, log: Path | None, resume: bool, pro
     params = {k: v.detach().cpu().clone() for k, v in theta.items()}
     weights, digest = None, None
     if info.is_main:
-        from mpcli import __version__  # noqa: PLC0415
-        from mpcli.io.weights import save_weights  # noqa: PLC0415
+        from mpcli import __version__
+        from mpcli.io.weights import save_weights
 
         net_cfg = dict(config.network)
         metadata = {"arch": net_cfg.get("arch", type(model).__name__), "config": net_cfg,
@@ -454,7 +461,7 @@ def meta_train(config: MetaTrainConfig, out: Path, log: Path | None = None, resu
     if config.batch_size < 2:
         raise ValueError("batch_size must be >= 2 (support and query slices)")
     if family is None:
-        from mpcli.data.tasks import TaskFamily  # noqa: PLC0415
+        from mpcli.data.tasks import TaskFamily
 
         family = TaskFamily.from_config(config.tasks)
     n_support = config.batch_size - config.batch_size // 2
@@ -483,7 +490,7 @@ def meta_train(config: MetaTrainConfig, out: Path, log: Path | None = None, resu
     to_config = getattr(family, "to_config", None)
     summary = {"mode": "tasks", "family": to_config() if callable(to_config) else config.tasks,
                "tasks_per_step": config.tasks_per_step, "slices_per_task": config.batch_size}
-    outer = lambda: make_loss(config.outer_loss, **config.outer_loss_kw)  # noqa: E731
+    outer = lambda: make_loss(config.outer_loss, **config.outer_loss_kw)
     return _run(config, out, log, resume, progress, init_params, model, episodes, outer, summary, dist)
 
 
@@ -500,7 +507,7 @@ def meta_train_site(config: MetaTrainConfig, scans: Sequence, init_params: Param
     ‖A_Λ f_φ(y_Θ, A_Θ) − y_Λ‖²/‖y_Λ‖² (``outer_loss`` of the config is not used).
     Validation reports the same held-out loss on fixed splits of the first scans.
     """
-    from mpcli.physics.masks import split_mask  # noqa: PLC0415
+    from mpcli.physics.masks import split_mask
 
     if not scans:
         raise ValueError("site meta-training needs at least one scan")
