@@ -120,13 +120,19 @@ def test_site_mode_trains_without_ground_truth(tmp_path):
         meta_train_site(toy_config(inner_loss="l2"), scans, init, tmp_path / "bad.safetensors", model=toy_model())
 
 
-def test_meta_train_builds_the_configured_network_and_its_weights_load(tmp_path):
+def test_meta_train_from_config_alone_builds_network_and_task_family(tmp_path):
+    """The production path: network and task family from the config, weights load back."""
+    from mpcli.data.tasks import TaskFamily
     from mpcli.io.weights import load_model
 
-    cfg = toy_config(steps=1, tasks_per_step=1, inner_steps=1, network={"arch": "pdnet", "layers": 1, "filters": 4})
-    res = meta_train(cfg, tmp_path / "w.safetensors", family=ToyFamily())
+    tasks = {"sizes": [[16, 16]], "n_coils": [2, 2], "sources": ["shepp_logan"], "accelerations": [2.0, 4.0]}
+    cfg = toy_config(steps=1, tasks_per_step=1, inner_steps=1, inner_loss="ssdu", val_every=1, val_tasks=1,
+                     network={"arch": "pdnet", "layers": 1, "filters": 4}, tasks=tasks)
+    res = meta_train(cfg, tmp_path / "w.safetensors", log=tmp_path / "w.jsonl")
     model, meta = load_model(res.weights)
     assert meta["config"] == cfg.network and meta["meta_train"]["steps"] == 1 and meta["sha256"] == res.sha256
-    assert meta["data"]["family"] == ToyFamily().to_config()
+    assert meta["data"]["family"] == TaskFamily.from_config(tasks).to_config()
     state = model.state_dict()
     assert set(state) == set(res.params) and all(torch.equal(state[k], res.params[k]) for k in state)
+    record = json.loads((tmp_path / "w.jsonl").read_text())
+    assert record["step"] == 1 and record["val_psnr"] > 0
