@@ -317,7 +317,9 @@ def adapt_cli(
             from mpcli.report import loss_curve
 
             curve = res.curve
-            loss_curve([c["step"] for c in curve], [c["train"] for c in curve], [c["val"] for c in curve],
+            nan = float("nan")
+            loss_curve([c["step"] for c in curve], [nan if c["train"] is None else c["train"] for c in curve],
+                       [c["val"] for c in curve],
                        plot, best_step=res.best_step)
         summary = {"weights": str(adapted.weights), "sha256": adapted.sha256, "parent_sha256": adapted.parent_sha256,
                    "steps": len(res.curve) - 1, "best_step": res.best_step, "stopped_early": res.stopped_early,

@@ -109,11 +109,11 @@ class AdaptResult:
     """The adapted parameters and how adaptation went."""
 
     params: Params
-    curve: list[dict]  # {"step", "train", "val"} per step (step 0: the prior)
+    curve: list[dict]  # {"step", "train", "val", "dist" = ‖φ_k − θ*‖} per step (0: the prior)
     best_step: int
     stopped_early: bool
     seconds: float
-    distance: float  # ‖φ − θ*‖
+    distance: float  # ‖φ_best − θ*‖
     config: dict
 
 
@@ -138,7 +138,7 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
     phi, state = dict(theta), init_opt_state(config.optimizer, theta)
     best_phi, stopper = phi, EarlyStopping(config.patience)
     stopper.update(0, val_of(phi))
-    curve = [{"step": 0, "train": float("nan"), "val": stopper.best}]
+    curve = [{"step": 0, "train": None, "val": stopper.best, "dist": 0.0}]
     stopped = False
     for step in range(1, config.steps + 1):
         k = (step - 1) % len(batches)
@@ -153,7 +153,8 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
         stop = stopper.update(step, val)
         if stopper.best_step == step:
             best_phi = phi
-        record = {"step": step, "train": float(value), "val": val}
+        record = {"step": step, "train": float(value), "val": val,
+                  "dist": float(tree_sqnorm(tree_sub(phi, theta)).sqrt())}
         curve.append(record)
         if progress:
             progress(step, config.steps, record)

@@ -1,0 +1,120 @@
+"""Adaptation: proximity to the prior, early stopping, never touching inputs."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mpcli.cli import app
+from mpcli.io.readers import read_scans
+from mpcli.io.weights import load_weights, save_weights
+from mpcli.meta.adapt import AdaptConfig, EarlyStopping, adapt, holdout, prior_params, scan_batch
+from mpcli.physics.coils import estimate_maps
+from mpcli.recon.network import ARCH_VERSION, build_network
+from mpcli.scan import file_sha256
+from tests.synthetic import write_synthetic_fastmri
+
+TINY = {"arch": "resunroll", "iters": 2, "features": 8, "depth": 2, "shared": True}
+
+
+@pytest.fixture(scope="module")
+def scan_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("adapt")
+    return write_synthetic_fastmri(d / "scan.h5", slices=3, coils=4, h=32, w=32, acceleration=3)
+
+
+@pytest.fixture(scope="module")
+def prior_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("prior") / "prior.safetensors"
+    save_weights(path, build_network(TINY).state_dict(),
+                 {"arch": "resunroll", "arch_version": ARCH_VERSION, "config": TINY})
+    return path
+
+
+@pytest.fixture(scope="module")
+def batch(scan_file):
+    scan = read_scans(scan_file)[0]
+    return scan_batch(scan, estimate_maps(scan.kspace, scan.mask), torch.device("cpu"))
+
+
+def test_early_stopping_triggers_on_crafted_curve():
+    stopper = EarlyStopping(patience=3)
+    curve = [1.0, 0.8, 0.7, 0.69999, 0.71, 0.9, 0.95, 0.5]
+    stop_at = next(k for k, v in enumerate(curve) if stopper.update(k, v))
+    assert stop_at == 5  # steps 3, 4, 5: no relative improvement on 0.7
+    assert stopper.best_step == 2 and stopper.best == 0.7
+
+
+def test_early_stopping_never_triggers_while_improving():
+    stopper = EarlyStopping(patience=2)
+    assert not any(stopper.update(k, 1.0 / (k + 1)) for k in range(20))
+
+
+def test_holdout_partitions_acquired_kspace(batch):
+    train, val = holdout(batch, 0.2, seed=3)
+    omega = (batch.A.mask > 0).expand_as(train.A.mask)
+    t, g = train.A.mask > 0, val.A.mask > 0
+    assert not (t & g).any()
+    assert torch.equal(t | g, omega)
+    frac = g.sum() / omega.sum()
+    assert 0.15 < float(frac) < 0.25
+
+
+def test_proximity_keeps_distance_bounded_as_lambda_grows(batch):
+    model = build_network(TINY)
+    theta = prior_params(model)
+    dist = []
+    for lam in (0.0, 10.0, 80.0):  # lr·λ < 1: the proximal step contracts
+        cfg = AdaptConfig(steps=6, lam=lam, lr=1e-2, optimizer="sgd", patience=100, slices_per_step=2)
+        res = adapt(model, theta, [batch], cfg)
+        last = res.curve[-1]["step"]
+        assert last == 6
+        dist.append(max(r["dist"] for r in res.curve))
+    assert dist[0] > 0
+    assert dist[0] >= dist[1] >= dist[2]
+    assert dist[2] < 0.5 * dist[0]
+
+
+def test_adapt_is_deterministic_given_seed(batch):
+    model = build_network(TINY)
+    theta = prior_params(model)
+    cfg = AdaptConfig(steps=3, patience=100, slices_per_step=2, seed=7)
+    a, b = adapt(model, theta, [batch], cfg), adapt(model, theta, [batch], cfg)
+    assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert a.curve == b.curve
+
+
+def test_adapt_never_writes_input(scan_file, prior_file, tmp_path):
+    before, mtime = file_sha256(scan_file), scan_file.stat().st_mtime_ns
+    out = tmp_path / "adapted.safetensors"
+    res = CliRunner().invoke(app, ["adapt", "--kspace", str(scan_file), "--prior", str(prior_file),
+                                   "--out", str(out), "--steps", "2", "--recon", str(tmp_path / "recon"),
+                                   "--plot", str(tmp_path / "curve.png"), "--json"])
+    assert res.exit_code == 0, res.stderr
+    assert file_sha256(scan_file) == before and scan_file.stat().st_mtime_ns == mtime
+    summary = json.loads(res.stdout)
+    _, meta = load_weights(out)
+    assert meta["parent_sha256"] == load_weights(prior_file)[1]["sha256"]
+    assert meta["kind"] == "adapted" and len(meta["curve"]) == summary["steps"] + 1
+    assert meta["data"]["input_sha256"] == [before]
+    assert (tmp_path / "recon" / "scan.h5").exists() and (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_adapt_refuses_existing_output_and_tampered_prior(scan_file, prior_file, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "a.safetensors"
+    out.write_bytes(b"keep me")
+    res = runner.invoke(app, ["adapt", "--kspace", str(scan_file), "--prior", str(prior_file),
+                              "--out", str(out), "--steps", "1"])
+    assert res.exit_code == 4 and out.read_bytes() == b"keep me"
+    bad = tmp_path / "tampered.safetensors"
+    data = bytearray(prior_file.read_bytes())
+    data[-5] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    res = runner.invoke(app, ["adapt", "--kspace", str(scan_file), "--prior", str(bad),
+                              "--out", str(tmp_path / "b.safetensors"), "--steps", "1"])
+    assert res.exit_code == 5 and "SHA-256" in res.stderr
+    assert len([line for line in res.stderr.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "b.safetensors").exists()
