@@ -37,9 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tomllib
 import torch
 from torch import nn
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the tomli backport has the same API
+    import tomli as tomllib
 
 from mpcli.errors import InputError, ModelError, OutputError
 from mpcli.meta import distributed as ddp
