@@ -101,18 +101,24 @@ def test_family_config_round_trip():
 
 
 def test_fastmri_task_uses_the_files_own_kspace(tmp_path):
-    """Own k-space: S = coil/RSS gives Σ|S|² = 1 and A x equals the file's k-space."""
+    """Own k-space: S = coil/RSS gives Σ|S|² = 1 and A x equals the file's k-space;
+    one file (one coil array) per task, even when files have different coil counts."""
     rng = np.random.default_rng(0)
-    k = (rng.normal(size=(3, 4, 64, 32)) + 1j * rng.normal(size=(3, 4, 64, 32))).astype(np.complex64)
-    with h5py.File(tmp_path / "file1.h5", "w") as f:
-        f.create_dataset("kspace", data=k)
-    task = Task(mask_kind="random", acceleration=2, n_coils=4, source=f"fastmri:{tmp_path}",
-                size=(24, 24), seed=0)
-    b = task.sample(2, 0)
-    assert b.x.shape == (2, 24, 24) and b.y.shape == (2, 4, 24, 24)
-    assert torch.allclose(b.y, b.A(b.x), atol=1e-4)
-    power = b.A.maps.abs().pow(2).sum(1)
-    assert torch.allclose(power, torch.ones_like(power), atol=1e-4)
+    for name, coils in (("a.h5", 4), ("b.h5", 6)):
+        k = rng.normal(size=(3, coils, 64, 32)) + 1j * rng.normal(size=(3, coils, 64, 32))
+        with h5py.File(tmp_path / name, "w") as f:
+            f.create_dataset("kspace", data=k.astype(np.complex64))
+    seen = set()
+    for seed in (0, 1):
+        task = Task(mask_kind="random", acceleration=2, source=f"fastmri:{tmp_path}",
+                    size=(24, 24), seed=seed)
+        b = task.sample(3, 0)
+        seen.add(b.y.shape[1])
+        assert b.x.shape == (3, 24, 24) and b.y.shape[2:] == (24, 24)
+        assert torch.allclose(b.y, b.A(b.x), atol=1e-4)
+        power = b.A.maps.abs().pow(2).sum(1)
+        assert torch.allclose(power, torch.ones_like(power), atol=1e-4)
+    assert seen == {4, 6}
 
 
 # ------------------------------------------------------------------ sources

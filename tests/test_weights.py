@@ -121,3 +121,16 @@ def test_no_pickle_loading_in_package():
     for f in root.rglob("*.py"):
         text = f.read_text()
         assert "torch.load(" not in text and "pickle.load" not in text, f
+
+
+def test_weights_metadata_is_normalised_to_json(tmp_path):
+    """Tuples, Paths and numpy scalars are stored as JSON; the hash still verifies."""
+    import numpy as np
+
+    net = build_network(CFG)
+    path = tmp_path / "w.safetensors"
+    meta_in = {"config": CFG, "sizes": ((128, 128),), "data": tmp_path, "lr": np.float32(0.5)}
+    digest = save_weights(path, net.state_dict(), meta_in)
+    _, meta = load_weights(path)
+    assert meta["sha256"] == digest
+    assert meta["sizes"] == [[128, 128]] and meta["data"] == str(tmp_path) and meta["lr"] == 0.5

@@ -256,15 +256,18 @@ class FastMRISource:
         if not self.files:
             raise InputError(self.folder, "no .h5 files (fully sampled fastMRI multi-coil)")
 
-    def kspace_slices(self, size: tuple[int, int], rng: np.random.Generator
-                      ) -> Iterator[np.ndarray]:
+    def kspace_slices(self, size: tuple[int, int], rng: np.random.Generator,
+                      file_index: int | None = None) -> Iterator[np.ndarray]:
+        """Endless ``[C, H, W]`` complex64 k-space slices from random files (or
+        from file ``file_index % len(files)`` only: one coil array per task)."""
         import h5py
-
-        from mpcli.physics.fft import fft2c, ifft2c
         import torch
 
+        from mpcli.physics.fft import fft2c, ifft2c
+
         while True:
-            path = self.files[int(rng.integers(len(self.files)))]
+            i = int(rng.integers(len(self.files))) if file_index is None else file_index
+            path = self.files[i % len(self.files)]
             try:
                 with h5py.File(path, "r") as f:
                     ds = f["kspace"]

@@ -111,7 +111,7 @@ class Task:
 
     def _own_kspace(self, src, rng: np.random.Generator):
         """x = RSS, S = coil images / RSS, k = file k-space (+ extra noise)."""
-        k = next(src.kspace_slices(self.size, rng))  # [C, H, W]
+        k = next(src.kspace_slices(self.size, rng, file_index=self.seed))  # [C, H, W]
         coil = ifft2c(torch.from_numpy(k)).numpy()  # [C, H, W]
         rss = np.sqrt((np.abs(coil) ** 2).sum(0))  # [H, W]
         maps = np.where(rss > 1e-6 * rss.max(), coil / np.maximum(rss, 1e-30), 0)

@@ -53,6 +53,14 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        return obj.tolist()
+    return str(obj)  # Path and the like
+
+
 def content_hash(state_dict: dict[str, torch.Tensor], metadata: dict) -> str:
     """SHA-256 (hex) over canonical metadata (minus ``sha256``) and all tensors."""
     h = hashlib.sha256()
@@ -69,6 +77,9 @@ def _full_metadata(metadata: dict) -> dict:
     from mpcli.recon.network import ARCH_VERSION
 
     meta = {k: v for k, v in metadata.items() if k != _HASH_KEY}
+    # normalise to plain JSON (tuples → lists, Paths → str, numpy → Python) so the
+    # hash written here is the hash recomputed from the decoded header on load
+    meta = json.loads(json.dumps(meta, default=_json_default))
     config = meta.get("config")
     if not isinstance(config, dict) or "arch" not in config:
         raise ValueError("metadata needs 'config': a network configuration with 'arch'")
