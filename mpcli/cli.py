@@ -345,6 +345,94 @@ def adapt_cli(
         raise typer.Exit(_batch_exit(outcomes) if outcomes else EXIT_OK)
 
 
+@app.command("meta-train")
+def meta_train_cli(
+    out: Path = typer.Option(..., "--out", "-o", help="Final weights (.safetensors); the checkpoint goes beside it."),
+    config: Optional[Path] = typer.Option(None, help="TOML config (see mpcli/configs/meta_prior.toml)."),
+    data: Optional[Path] = typer.Option(None, help="Folder of fully sampled fastMRI files to add as a training source."),
+    kspace: Optional[List[Path]] = typer.Option(None, "--kspace", help="Site mode: undersampled archive (files/folders), no ground truth."),
+    init: Optional[str] = typer.Option(None, help="Start from 'shipped' or a weights file (site mode default: shipped)."),
+    steps: Optional[int] = typer.Option(None, help="Outer steps (overrides the config)."),
+    inner_steps: Optional[int] = typer.Option(None, help="Inner steps per task."),
+    inner_loss: Optional[str] = typer.Option(None, help="Inner (measurement-only) loss: ssdu | wssdu | ei | mc."),
+    first_order: bool = typer.Option(False, "--first-order", help="First-order hypergradient (no second derivatives)."),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint beside --out (bit-for-bit)."),
+    seed: Optional[int] = typer.Option(None, help="Seed (overrides the config)."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (overrides the config)."),
+    log: Optional[Path] = typer.Option(None, help="JSONL log (default: OUT with .jsonl)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+):
+    """Meta-train a prior by bilevel optimisation over acquisition tasks.
+
+    Example: mp meta-train --config mpcli/configs/meta_prior.toml --out prior.safetensors
+    Multi-GPU: torchrun --nproc_per_node=4 -m mpcli meta-train --config ... --out ...
+    """
+    with _guard():
+        import dataclasses
+
+        from mpcli.errors import InputError
+        from mpcli.meta.train import MetaTrainConfig, meta_train, meta_train_site
+
+        cfg = MetaTrainConfig.from_toml(config) if config else MetaTrainConfig()
+        overrides = {k: v for k, v in {"steps": steps, "inner_steps": inner_steps, "inner_loss": inner_loss,
+                                       "seed": seed, "device": device}.items() if v is not None}
+        if first_order:
+            overrides["first_order"] = True
+        if data is not None:
+            if not data.is_dir():
+                raise InputError(data, "--data must be a folder of fully sampled fastMRI files")
+            tasks = dict(cfg.tasks)
+            tasks["sources"] = list(tasks.get("sources", ["mni_t1"])) + [f"fastmri:{data}"]
+            overrides["tasks"] = tasks
+        try:
+            cfg = dataclasses.replace(cfg, **overrides)
+        except ValueError as exc:
+            raise InputError(config, str(exc)) from None
+        init_params = None
+        if kspace and init is None:
+            init = "shipped"
+        if init is not None:
+            from mpcli.io.weights import SHIPPED_PRIOR, load_weights
+
+            state, meta = load_weights(SHIPPED_PRIOR if init == "shipped" else Path(init))
+            init_params = state
+            cfg = dataclasses.replace(cfg, network=meta["config"])
+        log = log or out.with_suffix(".jsonl")
+        with _progress() as progress:
+            task = progress.add_task("meta-train", total=cfg.steps)
+
+            def on_step(step, total, record):
+                desc = f"meta-train  outer {record.get('outer_loss', float('nan')):.4g}"
+                if "val_psnr" in record:
+                    desc += f"  val PSNR {record['val_psnr']:.2f} dB"
+                progress.update(task, completed=step, description=desc)
+
+            if kspace:
+                from mpcli.batch import collect_inputs
+                from mpcli.deploy import load_site
+                from mpcli.device import resolve_device
+                from mpcli.meta.adapt import scan_batch
+
+                dev = resolve_device(cfg.device)
+                site = load_site(collect_inputs(list(kspace)), dev)
+                scans = [scan_batch(s.scan, s.maps, dev) for s in site]
+                result = meta_train_site(cfg, scans, init_params, out, log=log, resume=resume, progress=on_step)
+            else:
+                result = meta_train(cfg, out, log=log, resume=resume, progress=on_step, init_params=init_params)
+        last = result.history[-1] if result.history else {}
+        summary = {"weights": str(result.weights), "sha256": result.sha256, "steps": result.steps,
+                   "log": str(result.log), **{k: v for k, v in last.items() if k != "step"}}
+        if as_json:
+            print(json.dumps(summary, indent=2))
+        else:
+            from rich.table import Table
+
+            table = Table(title="mp meta-train", show_header=False)
+            for key, value in summary.items():
+                table.add_row(key, f"{value:.5g}" if isinstance(value, float) else str(value))
+            console.print(table)
+
+
 def main():
     """Console-script entry point."""
     try:
