@@ -20,9 +20,18 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 venv: $(STAMP)
 
+# Adapt the shipped meta-prior to the sample scan (measurements only), reconstruct
+# it, reconstruct it classically too, and score everything against the reference.
 demo: $(STAMP)
-	$(BIN)/mp adapt --kspace sample_data/brain_fastmri.h5 --recon out/demo --out out/demo/adapted.safetensors
-	$(BIN)/mp eval out/demo/brain_fastmri.h5 --ref sample_data/brain_fastmri.h5 --figure out/demo/report.png
+	rm -rf out/demo
+	$(BIN)/mp adapt --kspace sample_data/brain_fastmri.h5 --recon out/demo/adapted \
+		--format h5 --format nifti --format dicom --plot out/demo/adapt_curve.png
+	$(BIN)/mp reconstruct sample_data/brain_fastmri.h5 --out out/demo/meta --method meta --format h5
+	$(BIN)/mp reconstruct sample_data/brain_fastmri.h5 --out out/demo/cs --method cs --format h5
+	$(BIN)/mp reconstruct sample_data/brain_fastmri.h5 --out out/demo/zero-filled --method zero-filled --format h5
+	$(BIN)/mp eval out/demo/zero-filled/brain_fastmri.h5 out/demo/cs/brain_fastmri.h5 \
+		out/demo/meta/brain_fastmri.h5 out/demo/adapted/brain_fastmri.h5 \
+		--ref sample_data/brain_fastmri.h5 --figure out/demo/report.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

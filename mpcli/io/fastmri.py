@@ -191,6 +191,7 @@ def write_fastmri(
     header_xml: str | None = None,
     attrs: dict | None = None,
     recon_size: tuple[int, int] | None = None,
+    compression: str | None = None,
 ) -> Path:
     """Write a fastMRI multi-coil file (the real layout; see the module doc).
 
@@ -207,6 +208,8 @@ def write_fastmri(
         header_xml: ISMRMRD XML to store; generated with ``ismrmrd.xsd`` if None.
         attrs: extra attrs (``acquisition``, ``patient_id``…).
         recon_size: (h, w) of the header's reconSpace (default (H, W)).
+        compression: HDF5 filter for ``kspace`` (``"gzip"`` shrinks the
+            zero-filled lines of undersampled data; readers need nothing extra).
     """
     path = Path(path)
     k = _numpy(kspace).astype(np.complex64)  # [S, C, H, W]
@@ -220,7 +223,8 @@ def write_fastmri(
     tmp = _atomic_h5(path)
     try:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("kspace", data=k)
+            f.create_dataset("kspace", data=k, compression=compression,
+                             chunks=(1, *k.shape[1:]) if compression else None)
             f.create_dataset("ismrmrd_header", data=np.bytes_(header_xml.encode()))
             if mask is not None:
                 f.create_dataset("mask", data=_numpy(mask).astype(np.float32))
