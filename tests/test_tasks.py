@@ -10,13 +10,20 @@ import pytest
 import torch
 
 from mpcli.data import sources
-from mpcli.data.sources import PLANES, SOURCES, get_source, mni_volume, resize, valid_slices
+from mpcli.data.sources import (
+    PLANES,
+    SOURCES,
+    get_source,
+    mni_volume,
+    resize,
+    valid_slices,
+)
 from mpcli.data.tasks import DEFAULT_TRAIN_FAMILY, HELD_OUT, Batch, Task, TaskFamily
 from mpcli.errors import InputError
 
 pytest.importorskip("nilearn", reason="MNI sources need nilearn (pip install mpcli[train])")
 
-SMALL = dict(size=(48, 40), n_coils=4, source="mni_t1", plane="axial")
+SMALL = {"size": (48, 40), "n_coils": 4, "source": "mni_t1", "plane": "axial"}
 
 
 def test_task_sample_shapes_and_types():

@@ -84,7 +84,7 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = img.shape
     H, W = size
     ratio = H / W
-    ph, pw = (max(h, int(round(w * ratio))), w) if h / w < ratio else (h, max(w, int(round(h / ratio))))
+    ph, pw = (max(h, round(w * ratio)), w) if h / w < ratio else (h, max(w, round(h / ratio)))
     pad = ((ph - h) // 2, ph - h - (ph - h) // 2), ((pw - w) // 2, pw - w - (pw - w) // 2)
     img = np.pad(img, pad)
     zoom = (H / ph, W / pw)
@@ -108,13 +108,13 @@ def nilearn_data_dir() -> Path:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise InputError(None, _NILEARN_HINT)
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
     if not (folder / _MNI.format("t1")).is_file():
         raise InputError(folder, f"MNI152 template missing; {_NILEARN_HINT}")
     return folder
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mni_raw(kind: str) -> np.ndarray:
     """One template volume ("t1", "gm", "wm") as float32 in [0, 1] (RAS voxel axes)."""
     import nibabel as nib
@@ -136,7 +136,7 @@ def _mni_tissues() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return gm, wm, csf, texture
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mni_volume(contrast: str) -> np.ndarray:
     """The MNI volume in ``contrast`` ("t1" or a key of the contrast table), max 1."""
     if contrast == "t1":
@@ -160,7 +160,7 @@ def take_slice(vol: np.ndarray, plane: str, index: int) -> np.ndarray:
     raise ValueError(f"unknown plane {plane!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def valid_slices(contrast: str, plane: str) -> np.ndarray:
     """Indices of slices with ≥ 15 % of pixels above 0.1 × the volume maximum."""
     vol = mni_volume(contrast)
@@ -202,7 +202,7 @@ class SheppLoganSource:
 
     def images(self, plane: str, size: tuple[int, int], rng: np.random.Generator
                ) -> Iterator[np.ndarray]:
-        import sigpy.sim as sim
+        from sigpy import sim
 
         _check_plane(plane)
         amps = np.asarray(sim.sl_amps, dtype=float)

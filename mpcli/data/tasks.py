@@ -127,7 +127,7 @@ class Task:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Task":
+    def from_dict(cls, d: dict) -> Task:
         return cls(**{**d, "size": tuple(d.get("size", (128, 128)))})
 
 
@@ -188,7 +188,7 @@ class TaskFamily:
         return {k: [list(s) for s in v] if k == "sizes" else list(v) for k, v in d.items()}
 
     @classmethod
-    def from_config(cls, config: dict) -> "TaskFamily":
+    def from_config(cls, config: dict) -> TaskFamily:
         """Inverse of :meth:`to_config`; missing keys take the defaults."""
         known = {f.name for f in fields(cls)}
         unknown = set(config) - known

@@ -83,7 +83,7 @@ def robust_scale(xa: torch.Tensor, q: float = 0.99) -> torch.Tensor:
         ``[B, 1, 1]`` real, broadcastable against ``[B, H, W]``.
     """
     mag = xa.detach().abs().flatten(1)  # [B, H*W]
-    k = max(1, min(mag.shape[1], int(math.ceil(q * mag.shape[1]))))
+    k = max(1, min(mag.shape[1], math.ceil(q * mag.shape[1])))
     s = mag.kthvalue(k, dim=1).values  # [B]
     return s.clamp_min(_EPS)[:, None, None]  # [B, 1, 1]
 
