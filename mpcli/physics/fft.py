@@ -5,25 +5,51 @@
 
 Both are unitary: ``ifft2c(fft2c(x)) == x`` and ``<fft2c x, y> = <x, ifft2c y>``.
 Inputs are complex tensors ``[..., H, W]``.
+
+For an even length N the shifts are modulations, which avoids two copies per
+axis (``torch.roll``)::
+
+    fftshift(F(ifftshift(x)))[k] = (−1)^(N/2) (−1)^k F((−1)^n x)[k]
+
+so the centred transform is one FFT between two multiplications by a
+checkerboard c[n] = (−1)^n (times (−1)^(N/2)). Odd lengths use the shifts.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
 _DIMS = (-2, -1)
 
 
+@functools.lru_cache(maxsize=32)
+def _checkerboard(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(−1)^(i + j + H/2 + W/2) as a ``[H, W]`` tensor (both sizes even)."""
+    i = torch.arange(h, device=device).view(-1, 1)
+    j = torch.arange(w, device=device).view(1, -1)
+    sign = 1 - 2 * ((i + j + h // 2 + w // 2) % 2)
+    return sign.to(dtype)
+
+
+def _centred(x: torch.Tensor, transform) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if h % 2 == 0 and w % 2 == 0:
+        c = _checkerboard(h, w, x.real.dtype, x.device)
+        return transform(x * c, dim=_DIMS, norm="ortho") * c
+    x = torch.fft.ifftshift(x, dim=_DIMS)
+    return torch.fft.fftshift(transform(x, dim=_DIMS, norm="ortho"), dim=_DIMS)
+
+
 def fft2c(x: torch.Tensor) -> torch.Tensor:
     """Centred orthonormal FFT of ``x`` ``[..., H, W]`` (image → k-space)."""
-    x = torch.fft.ifftshift(x, dim=_DIMS)
-    return torch.fft.fftshift(torch.fft.fft2(x, dim=_DIMS, norm="ortho"), dim=_DIMS)
+    return _centred(x, torch.fft.fft2)
 
 
 def ifft2c(k: torch.Tensor) -> torch.Tensor:
     """Centred orthonormal inverse FFT of ``k`` ``[..., H, W]`` (k-space → image)."""
-    k = torch.fft.ifftshift(k, dim=_DIMS)
-    return torch.fft.fftshift(torch.fft.ifft2(k, dim=_DIMS, norm="ortho"), dim=_DIMS)
+    return _centred(k, torch.fft.ifft2)
 
 
 def fft1c(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -33,6 +59,6 @@ def fft1c(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def ifft1c(k: torch.Tensor, dim: int) -> torch.Tensor:
-    """Centred orthonormal 1-D inverse FFT along ``dim``."""
+    """Centred orthonormal inverse 1-D FFT along ``dim``."""
     k = torch.fft.ifftshift(k, dim=dim)
     return torch.fft.fftshift(torch.fft.ifft(k, dim=dim, norm="ortho"), dim=dim)
