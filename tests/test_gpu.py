@@ -8,7 +8,6 @@ one line on stderr.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -138,10 +137,8 @@ def test_adapt_cli_runs_on_cuda(scan_file, prior, tmp_path):
     out = tmp_path / "adapted.safetensors"
     res = CliRunner().invoke(app, ["adapt", "--kspace", str(scan_file), "--prior", str(prior), "--out", str(out),
                                    "--recon", str(tmp_path / "recon"), "--format", "h5", "--steps", "3",
-                                   "--device", "cuda", "--json"])
+                                   "--device", "cuda"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.stdout)
-    assert [r["status"] for r in summary["recon"]] == ["done"]
     _, meta = load_weights(out)
     assert meta["kind"] == "adapted"
     assert (tmp_path / "recon" / "scan.h5").exists()
