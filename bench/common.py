@@ -96,32 +96,18 @@ def machine(device: torch.device) -> str:
             f"{load}, device {device}{gpu}")
 
 
-def load_prior(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Params, str]:
-    """(model, θ*, content SHA-256) of a weight file (hash verified by ``load_model``)."""
+def load_prior(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Params, str, dict]:
+    """(model, θ*, content SHA-256, network config) of a weight file (hash verified by ``load_model``)."""
     model, meta = load_model(path, device)
-    return model, tree_detach(params_of(model)), str(meta["sha256"])
+    return model, tree_detach(params_of(model)), str(meta["sha256"]), dict(meta["config"])
 
 
-def random_init(model: torch.nn.Module, seed: int) -> Params:
-    """Parameters of a freshly initialised network of the same architecture."""
-    config = _config_of(model)
+def random_init(config: dict, seed: int, device: torch.device | str = "cpu") -> Params:
+    """Parameters of a freshly initialised network ``build_network(config)`` (torch seed ``seed``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = build_network(config)
-    device = next(model.parameters()).device
     return {k: v.detach().to(device) for k, v in fresh.named_parameters()}
-
-
-def _config_of(model: torch.nn.Module) -> dict:
-    from mpcli.recon.network import PDNet, ResUnroll
-
-    if isinstance(model, ResUnroll):
-        d = model.denoisers[0]
-        return {"arch": "resunroll", "iters": model.iters, "features": d.convs[0].out_channels,
-                "depth": len(d.convs), "shared": model.shared}
-    if isinstance(model, PDNet):
-        return {"arch": "pdnet", "layers": model.layers, "filters": model.filters}
-    raise ValueError(f"unknown network {type(model).__name__}")
 
 
 # --------------------------------------------------------------------------- volumes
@@ -232,6 +218,15 @@ def save_json(path: str | Path | None, payload: dict) -> None:
         Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def draw_task(family: str, seed: int) -> Task:
+    """One task of ``HELD_OUT[family]``, a function of (family name, seed) only."""
+    import zlib
+
+    from mpcli.data.tasks import HELD_OUT
+
+    return HELD_OUT[family].sample_task(np.random.default_rng([seed, zlib.crc32(family.encode())]))
+
+
 def task_label(task: Task) -> str:
     """Short description of a task for table rows."""
     return (f"{task.source} {task.plane} {task.size[0]}x{task.size[1]}, {task.mask_kind} R{task.acceleration:g} "
@@ -242,10 +237,15 @@ def task_label(task: Task) -> str:
 
 
 class Recon(NamedTuple):
-    """A method's magnitude volume ``[S, H, W]`` (numpy float32) and notes about the run."""
+    """A method's magnitude volume ``[S, H, W]`` (numpy float32) and notes about the run.
+
+    ``raw``: for the networks, the output before the support mask (see
+    :func:`run_network`), else None.
+    """
 
     image: np.ndarray
     info: dict
+    raw: np.ndarray | None = None
 
 
 def support(maps: torch.Tensor) -> torch.Tensor:
@@ -321,9 +321,19 @@ def apply_network(model: torch.nn.Module, params: Params, y: torch.Tensor, A: Se
 
 
 def run_network(vol: Volume, model: torch.nn.Module, params: Params) -> Recon:
-    """The network at ``params`` on the whole scan (no adaptation)."""
+    """The network at ``params`` on the whole scan, masked to the ESPIRiT support.
+
+    Where Ŝ = 0 the operator A is blind (that region lies in Ker(A)), so no
+    measurement-only loss sees what the network's CNN puts there, and
+    adaptation can fill it freely (measured: 0.05 of the image max after two
+    SSDU steps, −12 dB PSNR, while PSNR inside the support improved). Every
+    map-based method is therefore scored on the support (SENSE is zero
+    outside by construction, CS is masked too); ``raw`` keeps the unmasked
+    output, which is what a network reconstruction writes unless it masks.
+    """
     b = site_batch(vol)
-    return Recon(_mag(apply_network(model, params, b.y, b.A)), {})
+    raw = _mag(apply_network(model, params, b.y, b.A))  # [S, H, W]
+    return Recon(raw * support(vol.maps).cpu().numpy(), {}, raw)
 
 
 def run_adapt(vol: Volume, model: torch.nn.Module, start: Params, config: AdaptConfig | None = None) -> Recon:
@@ -333,7 +343,7 @@ def run_adapt(vol: Volume, model: torch.nn.Module, start: Params, config: AdaptC
     rec = run_network(vol, model, res.params)
     return Recon(rec.image, {"best_step": res.best_step, "steps_run": len(res.curve) - 1,
                              "stopped_early": res.stopped_early, "seconds": res.seconds,
-                             "distance": res.distance})
+                             "distance": res.distance}, rec.raw)
 
 
 def train_supervised(model: torch.nn.Module, start: Params, task: Task, steps: int = 150,
@@ -368,4 +378,4 @@ def run_oracle(vol: Volume, model: torch.nn.Module, theta: Params, steps: int = 
     """
     phi, info = train_supervised(model, theta, vol.task, steps, batch, pool, seed=seed, device=vol.y.device)
     rec = run_network(vol, model, phi)
-    return Recon(rec.image, {**info, "init": "theta*"})
+    return Recon(rec.image, {**info, "init": "theta*"}, rec.raw)

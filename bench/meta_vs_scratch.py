@@ -31,14 +31,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c
 
-from mpcli.data.tasks import HELD_OUT, Batch
+from mpcli.data.tasks import Batch
 from mpcli.meta.adapt import AdaptConfig, holdout
 from mpcli.meta.functional import tree_detach
 from mpcli.meta.inner import init_opt_state, inner_step
@@ -83,8 +82,8 @@ def main() -> None:
         config = AdaptConfig(slices_per_step=2)
     checkpoints = sorted({int(s) for s in args.steps.split(",")})
     device = c.setup(args)
-    model, theta, sha = c.load_prior(args.prior, device)
-    task = HELD_OUT[args.family].sample_task(np.random.default_rng(args.seed))
+    model, theta, sha, net_config = c.load_prior(args.prior, device)
+    task = c.draw_task(args.family, args.seed)
     print(f"[{args.family}] {c.task_label(task)}", file=sys.stderr)
 
     t0 = time.perf_counter()
@@ -92,7 +91,7 @@ def main() -> None:
     sup_data = c.training_batch(task, args.train_slices, args.seed, device)
     site_train, _ = holdout(c.site_batch(vol), config.val_fraction, derive_seed(config.seed, 0, 17))
     unsup_data = Batch(None, site_train.y, site_train.A)
-    starts = {"theta*": theta, "random": c.random_init(model, args.seed + 1)}
+    starts = {"theta*": theta, "random": c.random_init(net_config, args.seed + 1, device)}
     results = {}
     for init, kind in RUNS:
         loss = make_loss("l2") if kind == "sup" else make_loss(config.loss, **config.loss_kw)
