@@ -19,6 +19,7 @@ from mpcli.recon.network import (
 SMALL = {
     "pdnet": {"arch": "pdnet", "layers": 3, "filters": 4},
     "resunroll": {"arch": "resunroll", "iters": 2, "features": 4, "depth": 3},
+    "modl": {"arch": "modl", "iters": 2, "features": 4, "depth": 3, "cg_iters": 3},
 }
 
 
@@ -39,7 +40,7 @@ def _net(arch: str) -> torch.nn.Module:
     return build_network(SMALL[arch])
 
 
-@pytest.mark.parametrize("arch", ["pdnet", "resunroll"])
+@pytest.mark.parametrize("arch", ["pdnet", "resunroll", "modl"])
 @pytest.mark.parametrize("shape", [(2, 3, 17, 24), (1, 5, 20, 13)])
 def test_network_output_shape_and_dtype(arch, shape):
     A, _, y = _problem(*shape)
@@ -49,7 +50,7 @@ def test_network_output_shape_and_dtype(arch, shape):
     assert torch.isfinite(out.abs()).all()
 
 
-@pytest.mark.parametrize("arch", ["pdnet", "resunroll"])
+@pytest.mark.parametrize("arch", ["pdnet", "resunroll", "modl"])
 def test_network_scale_equivariant(arch):
     A, _, y = _problem(2, 3, 16, 16)
     net = _net(arch)
@@ -61,7 +62,7 @@ def test_network_scale_equivariant(arch):
             assert err < 1e-4, (c, float(err))
 
 
-@pytest.mark.parametrize("arch", ["pdnet", "resunroll"])
+@pytest.mark.parametrize("arch", ["pdnet", "resunroll", "modl"])
 def test_functional_call_equals_module_call(arch):
     A, _, y = _problem(2, 4, 16, 12)
     net = _net(arch)
@@ -72,7 +73,7 @@ def test_functional_call_equals_module_call(arch):
         assert not torch.allclose(functional_call(net, moved, (y, A)), net(y, A))
 
 
-@pytest.mark.parametrize("arch", ["pdnet", "resunroll"])
+@pytest.mark.parametrize("arch", ["pdnet", "resunroll", "modl"])
 def test_gradient_reaches_every_parameter(arch):
     A, x, y = _problem(2, 3, 16, 16)
     net = _net(arch)
@@ -110,6 +111,30 @@ def test_resunroll_zero_cnn_is_landweber():
         net.denoisers[0].convs[-1].bias.zero_()
         eta = F.softplus(net.rho_eta)
         assert torch.allclose(net(y, A), _landweber(y, A, eta), rtol=1e-4, atol=1e-5)
+
+
+def test_modl_zero_cnn_is_proximal_point_on_least_squares():
+    """With the CNN output at zero, z_k = x_{k-1}: MoDL is x₀ = (AᴴA + μI)⁻¹Aᴴy followed by
+    proximal-point steps x_k = (AᴴA + μI)⁻¹(Aᴴy + μx_{k-1}) — checked against exact solves."""
+    from mpcli.recon.cg import conjugate_gradient
+    from mpcli.recon.network import MoDL
+
+    A, _, y = _problem(2, 3, 16, 16)
+    net = MoDL(iters=3, features=4, depth=3, cg_iters=80, mu=0.05)
+    with torch.no_grad():
+        net.denoiser.convs[-1].weight.zero_()
+        net.denoiser.convs[-1].bias.zero_()
+        mu = float(F.softplus(net.rho_mu))
+
+        def normal(v):
+            return A.adjoint(A.forward(v)) + mu * v
+
+        aty = A.adjoint(y)
+        x, _ = conjugate_gradient(normal, aty, iters=400, tol=1e-12)
+        for _ in range(3):
+            x, _ = conjugate_gradient(normal, aty + mu * x, iters=400, tol=1e-12)
+        residuals = [float((A(v) - y).abs().norm()) for v in (x,)]
+        assert torch.allclose(net(y, A), x, rtol=1e-3, atol=1e-4 * float(x.abs().max())), residuals
 
 
 def test_pdnet_init_satisfies_condat_vu():

@@ -33,7 +33,7 @@ def network_slices(model: torch.nn.Module, scan: Scan, maps: torch.Tensor, devic
                 y = scan.kspace[start:stop].to(device)  # [b, C, H, W]
                 A = sense(maps[start:stop].to(device), scan.mask[start:stop].to(device))
                 out.append(model(y, A).cpu())  # [b, H, W]
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
+            except Exception as exc:
                 if not is_oom(exc):
                     raise
                 if device.type == "cuda":

@@ -187,12 +187,59 @@ class ResUnroll(nn.Module):
         return x * s  # [B, H, W]
 
 
-_ARCHS: dict[str, type[nn.Module]] = {"pdnet": PDNet, "resunroll": ResUnroll}
+class MoDL(nn.Module):
+    """Model-based deep learning (Aggarwal et al. 2019): exact data consistency by CG.
+
+    ::
+
+        x₀ = (AᴴA + μI)⁻¹ Aᴴy                       (CG-SENSE with Tikhonov μ)
+        z_k = x_{k-1} + D(x_{k-1})                   (shared residual CNN)
+        x_k = (AᴴA + μI)⁻¹ (Aᴴy + μ z_k)             (``cg_iters`` CG steps from x_{k-1})
+
+    μ > 0 is learned (softplus). Autograd differentiates through the unrolled CG
+    iterations. Starting from CG-SENSE, an untrained MoDL (D ≈ 0) is already a
+    regularised SENSE reconstruction; training only has to learn the prior.
+
+    Args:
+        iters: unrolled denoise/data-consistency iterations K.
+        features, depth: the CNN D (as in ResUnroll).
+        cg_iters: CG iterations per data-consistency step.
+        mu: initial μ.
+    """
+
+    def __init__(self, iters: int = 5, features: int = 32, depth: int = 5, cg_iters: int = 6,
+                 mu: float = 0.05):
+        super().__init__()
+        self.iters, self.cg_iters = int(iters), int(cg_iters)
+        self.denoiser = _Denoiser(features, depth)
+        self.rho_mu = nn.Parameter(torch.tensor(_softplus_inv(mu)))
+
+    def forward(self, y: torch.Tensor, A) -> torch.Tensor:
+        """x̂ = f_θ(y, A): ``y`` ``[B, C, H, W]`` complex → ``[B, H, W]`` complex."""
+        from mpcli.recon.cg import conjugate_gradient
+
+        s = robust_scale(A.adjoint(y))  # [B, 1, 1]
+        y = y / s[:, None]  # [B, C, H, W]
+        mu = F.softplus(self.rho_mu)
+        aty = A.adjoint(y)  # [B, H, W]
+
+        def normal(v):
+            return A.adjoint(A.forward(v)) + mu * v  # [B, H, W]
+
+        x, _ = conjugate_gradient(normal, aty, iters=2 * self.cg_iters, tol=0.0)
+        for _ in range(self.iters):
+            z = x + channels_to_complex(self.denoiser(complex_to_channels(x)))  # [B, H, W]
+            x, _ = conjugate_gradient(normal, aty + mu * z, iters=self.cg_iters, tol=0.0, x0=x)
+        return x * s  # [B, H, W]
+
+
+_ARCHS: dict[str, type[nn.Module]] = {"pdnet": PDNet, "resunroll": ResUnroll, "modl": MoDL}
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "pdnet": {"arch": "pdnet", "layers": 20, "filters": 40},
     "resunroll": {"arch": "resunroll", "iters": 8, "features": 16, "depth": 4,
                   "shared": True},
+    "modl": {"arch": "modl", "iters": 5, "features": 32, "depth": 5, "cg_iters": 6, "mu": 0.05},
 }
 
 
