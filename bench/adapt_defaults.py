@@ -18,7 +18,7 @@ prior, the steps used (best step / steps run) and seconds. The best setting
 see the unsampled k-space and is expected to drift towards zero-filling: its
 rows measure by how much.
 
-    python bench/adapt_defaults.py                  # staged grid, 2 tasks × 4 slices (~10 min, 2 cores)
+    python bench/adapt_defaults.py                  # staged grid, 2 tasks × 3 slices (≤ 10 min, 2 cores)
     python bench/adapt_defaults.py --grid full      # all 24 settings (GPU)
     python bench/adapt_defaults.py --quick --prior /tmp/prior.safetensors
 """
@@ -53,14 +53,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     c.add_common_args(ap)
     ap.add_argument("--families", default="contrast,poisson", help="HELD_OUT families, one task each")
-    ap.add_argument("--slices", type=int, default=4, help="slices per test volume")
+    ap.add_argument("--slices", type=int, default=3, help="slices per test volume")
     ap.add_argument("--losses", default=",".join(LOSSES))
     ap.add_argument("--lams", default=",".join(f"{v:g}" for v in LAMS))
     ap.add_argument("--lrs", default=",".join(f"{v:g}" for v in LRS))
     ap.add_argument("--grid", choices=("staged", "full"), default="staged",
                     help="full: every loss × λ × lr; staged (half the cost): every loss × lr at λ = 1e-2, "
                          "then the other λs for the two best (loss, lr)")
-    ap.add_argument("--max-steps", type=int, default=20, help="step cap of each adaptation (AdaptConfig: 40)")
+    ap.add_argument("--max-steps", type=int, default=16, help="step cap of each adaptation (AdaptConfig: 40)")
     ap.add_argument("--slices-per-step", type=int, default=2, help="slices per step (AdaptConfig: 4)")
     args = ap.parse_args()
     if args.quick:

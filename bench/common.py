@@ -72,7 +72,8 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (0: torch's default; use 1 on a CPU shared with other jobs)")
+                    help="torch CPU threads (0: auto = 1 when the load average is at least half the CPUs, "
+                         "else torch's default; on a busy 2-core machine 2 threads ran 20x slower than 1)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
 
 
@@ -80,8 +81,11 @@ def setup(args: argparse.Namespace) -> torch.device:
     """Apply --threads and --seed; the resolved --device."""
     from mpcli.device import resolve_device
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    threads = args.threads
+    if threads <= 0 and hasattr(os, "getloadavg") and os.getloadavg()[0] >= 0.5 * (os.cpu_count() or 1):
+        threads = 1  # oversubscribed OpenMP threads spin: far slower than one thread
+    if threads > 0:
+        torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
     return resolve_device(args.device)
 

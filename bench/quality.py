@@ -27,7 +27,7 @@ adapt ≥ best classical + 1.5 dB (mean over tasks of adapt − the task's best
 classical PSNR), adapt > no adaptation, adapt > random-init adaptation, and
 adapt within 1 dB of the oracle (mean PSNRs).
 
-    python bench/quality.py                       # default: 3 tasks × 6 slices (~15 min, 2 cores)
+    python bench/quality.py                       # default: 3 tasks × 4 slices (≤ 15 min, 2 idle cores)
     python bench/quality.py --families all6 --slices 8   # all six families (GPU)
     python bench/quality.py --quick --prior /tmp/prior.safetensors
 """
@@ -105,11 +105,11 @@ def main() -> None:
     c.add_common_args(ap)
     ap.add_argument("--families", default=",".join(DEFAULT_FAMILIES),
                     help=f"HELD_OUT families, comma-separated, or 'all6' = {','.join(FAMILIES)}")
-    ap.add_argument("--slices", type=int, default=6, help="test slices per task")
+    ap.add_argument("--slices", type=int, default=4, help="test slices per task")
     ap.add_argument("--cs-lams", default=",".join(f"{v:g}" for v in c.CS_LAMS), help="CS λ grid")
     ap.add_argument("--cs-iters", type=int, default=100)
     ap.add_argument("--cs-tune-slices", type=int, default=2, help="test slices the CS λ sweep runs on (0: all)")
-    ap.add_argument("--oracle-steps", type=int, default=100)
+    ap.add_argument("--oracle-steps", type=int, default=60)
     ap.add_argument("--oracle-batch", type=int, default=2)
     ap.add_argument("--oracle-pool", type=int, default=12, help="training slices simulated for the oracle")
     ap.add_argument("--adapt-steps", type=int, default=None,
