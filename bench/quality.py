@@ -93,10 +93,10 @@ def checks(results: list[dict]) -> list[tuple[str, bool, str]]:
     a, p, rnd, o = mean("adapt"), mean("prior"), mean("adapt-random"), mean("oracle")
     return [
         ("adapt >= best classical + 1.5 dB", gain >= 1.5,
-         f"mean(adapt − best classical per task) = {gain:+.2f} dB"),
-        ("adapt > no adaptation", a > p, f"adapt {a:.2f} dB vs prior {p:.2f} dB ({a - p:+.2f})"),
-        ("adapt > random-init adaptation", a > rnd, f"adapt {a:.2f} dB vs random init {rnd:.2f} dB ({a - rnd:+.2f})"),
-        ("adapt within 1 dB of the oracle", o - a <= 1.0, f"oracle {o:.2f} dB − adapt {a:.2f} dB = {o - a:+.2f}"),
+         f"mean(adapt − best classical per task) = {gain:+.3f} dB"),
+        ("adapt > no adaptation", a > p, f"adapt {a:.2f} dB vs prior {p:.2f} dB ({a - p:+.3f})"),
+        ("adapt > random-init adaptation", a > rnd, f"adapt {a:.2f} dB vs random init {rnd:.2f} dB ({a - rnd:+.3f})"),
+        ("adapt within 1 dB of the oracle", o - a <= 1.0, f"oracle {o:.2f} dB − adapt {a:.2f} dB = {o - a:+.3f}"),
     ]
 
 
