@@ -18,9 +18,9 @@ Guarantees:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from mpcli import __version__
 from mpcli.errors import InputError, MpError, OutputError
@@ -69,7 +69,7 @@ def output_stems(files: list[Path]) -> dict[Path, str]:
     def stem(f: Path, depth: int) -> str:
         parts = [p for p in f.resolve().parent.parts[-depth:]] if depth else []
         base = f.name.rsplit(".", 1)[0] if "." in f.name else f.name
-        return "__".join(parts + [base])
+        return "__".join([*parts, base])
 
     depth = 0
     while True:
@@ -101,14 +101,16 @@ def select_shard(files: list[Path], shard: tuple[int, int] | None) -> list[Path]
 
 
 def check_output_dir(out_dir: Path, inputs: list[Path]) -> None:
-    """Refuse an output folder that is an input, lies inside an input folder, or
-    holds input files itself (its outputs could then replace an input)."""
+    """Refuse an output folder that is an input, lies inside an input folder
+    (symlinks and hard links resolved), or holds input files itself: its
+    outputs (``<stem>.h5``) could then replace an input."""
+    from mpcli.io.atomic import check_output_path
+
+    check_output_path(out_dir, inputs, container=True)
     out = out_dir.resolve()
     for p in inputs:
         src = Path(p).resolve()
-        if src.is_dir() and (out == src or out.is_relative_to(src)):
-            raise OutputError(out_dir, f"output folder is inside the input folder {p}; choose another --out")
-        if src.is_file() and (out == src or out == src.parent):
+        if src.is_file() and out == src.parent:
             raise OutputError(out_dir, f"output folder holds the input {p.name}; choose another --out")
 
 

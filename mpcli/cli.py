@@ -13,13 +13,19 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
 
 from mpcli import __version__
-from mpcli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, MpError
+from mpcli.errors import (
+    EXIT_CODES,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    MpError,
+)
 
 _EXIT_TABLE = "\n\n".join(f"{code}  {text}" for code, text in EXIT_CODES.items())
 
@@ -50,7 +56,7 @@ def _guard():
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except typer.Exit:
         raise
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
+    except Exception as exc:
         if os.environ.get("MP_DEBUG"):
             raise
         msg = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
@@ -72,7 +78,13 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
@@ -108,17 +120,17 @@ def _outcomes_json(outcomes) -> str:
 
 @app.command("reconstruct")
 def reconstruct_cli(
-    inputs: List[Path] = typer.Argument(..., help="k-space files (fastMRI or ISMRMRD HDF5) or folders."),
+    inputs: list[Path] = typer.Argument(..., help="k-space files (fastMRI or ISMRMRD HDF5) or folders."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (created)."),
     method: str = typer.Option("cs", help="zero-filled | sense | cs | meta | adapted"),
-    formats: List[str] = typer.Option(["h5", "nifti"], "--format", "-f", help="h5 | nifti | dicom (repeatable)."),
-    model: Optional[Path] = typer.Option(None, help="Network weights for --method adapted (or meta)."),
+    formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", help="h5 | nifti | dicom (repeatable)."),
+    model: Path | None = typer.Option(None, help="Network weights for --method adapted (or meta)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    cs_lam: float = typer.Option(0.005, help="L1-wavelet weight for --method cs (scale-normalised data)."),
+    cs_lam: float = typer.Option(1e-3, help="L1-wavelet weight for --method cs (scale-normalised data)."),
     batch: int = typer.Option(4, help="Slices per network batch (halved on GPU out-of-memory)."),
     resume: bool = typer.Option(False, help="Skip inputs whose outputs and manifest already match."),
     overwrite: bool = typer.Option(False, help="Redo inputs whose outputs exist."),
-    shard: Optional[str] = typer.Option(None, help="i/n: only the i-th of n deterministic shards."),
+    shard: str | None = typer.Option(None, help="i/n: only the i-th of n deterministic shards."),
     anonymize: bool = typer.Option(False, help="Blank patient and study identifiers in DICOM."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
@@ -127,11 +139,23 @@ def reconstruct_cli(
     Example: mp reconstruct scans/ --out recon/ --method cs --format nifti --format dicom
     """
     with _guard():
-        from mpcli.batch import (check_output_dir, collect_inputs, output_stems, parse_shard,
-                                 run_batch, select_shard)
+        from mpcli.batch import (
+            check_output_dir,
+            collect_inputs,
+            output_stems,
+            parse_shard,
+            run_batch,
+            select_shard,
+        )
         from mpcli.device import resolve_device
         from mpcli.errors import InputError
-        from mpcli.reconstruct import FORMATS, METHODS, ReconOptions, reconstruct_scan, write_outputs
+        from mpcli.reconstruct import (
+            FORMATS,
+            METHODS,
+            ReconOptions,
+            reconstruct_scan,
+            write_outputs,
+        )
 
         if method not in METHODS:
             raise InputError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -160,7 +184,7 @@ def reconstruct_cli(
         raise typer.Exit(_batch_exit(outcomes))
 
 
-def _load_network(method: str, model: Optional[Path], dev):
+def _load_network(method: str, model: Path | None, dev):
     """(module, sha256) for network methods, (None, None) otherwise."""
     if method not in ("meta", "adapted"):
         return None, None
@@ -185,9 +209,9 @@ def _report(outcomes, as_json: bool, title: str):
 
 @app.command("eval")
 def eval_cli(
-    preds: List[Path] = typer.Argument(..., help="Reconstructions (our .h5 or .nii/.nii.gz)."),
+    preds: list[Path] = typer.Argument(..., help="Reconstructions (our .h5 or .nii/.nii.gz)."),
     ref: Path = typer.Option(..., "--ref", help="Reference: fastMRI file with reconstruction_rss, .h5 or NIfTI."),
-    figure: Optional[Path] = typer.Option(None, help="Write a montage PNG (reference, methods, error maps)."),
+    figure: Path | None = typer.Option(None, help="Write a montage PNG (reference, methods, error maps)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON on stdout."),
 ):
     """Score reconstructions against a reference: NMSE, PSNR, SSIM (fastMRI definitions).
@@ -210,7 +234,7 @@ def eval_cli(
 
 @app.command("info")
 def info_cli(
-    inputs: List[Path] = typer.Argument(..., help="k-space files or folders."),
+    inputs: list[Path] = typer.Argument(..., help="k-space files or folders."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
 ):
     """Describe k-space files: format, shape, acceleration, geometry (no patient data)."""
@@ -242,21 +266,21 @@ def info_cli(
 
 @app.command("adapt")
 def adapt_cli(
-    kspace: List[Path] = typer.Option(..., "--kspace", "-k", help="k-space file(s) or folder(s) of one scanner/protocol."),
-    more: Optional[List[Path]] = typer.Argument(None, help="More k-space files (mp adapt --kspace a.h5 b.h5)."),
-    prior: Optional[Path] = typer.Option(None, help="Prior weights (default: the shipped meta-prior)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
+    kspace: list[Path] = typer.Option(..., "--kspace", "-k", help="k-space file(s) or folder(s) of one scanner/protocol."),
+    more: list[Path] | None = typer.Argument(None, help="More k-space files (mp adapt --kspace a.h5 b.h5)."),
+    prior: Path | None = typer.Option(None, help="Prior weights (default: the shipped meta-prior)."),
+    out: Path | None = typer.Option(None, "--out", "-o",
                                        help="Adapted weights (default: RECON/adapted.safetensors or ./adapted.safetensors)."),
     loss: str = typer.Option("ssdu", help="Measurement-only loss: ssdu | wssdu | ei | mc"),
     steps: int = typer.Option(40, help="Maximum adaptation steps (early stopping may end sooner)."),
     lam: float = typer.Option(1e-2, help="Proximity weight λ of λ/2‖φ − θ*‖²."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     patience: int = typer.Option(8, help="Stop after this many steps without self-validation improvement."),
-    recon: Optional[Path] = typer.Option(None, help="Also reconstruct the inputs into this folder."),
-    formats: List[str] = typer.Option(["h5", "nifti"], "--format", "-f", help="Formats for --recon (repeatable)."),
+    recon: Path | None = typer.Option(None, help="Also reconstruct the inputs into this folder."),
+    formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", help="Formats for --recon (repeatable)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     seed: int = typer.Option(0, help="Seed of every random choice (splits, slices)."),
-    plot: Optional[Path] = typer.Option(None, help="Write the training/self-validation loss curve (PNG)."),
+    plot: Path | None = typer.Option(None, help="Write the training/self-validation loss curve (PNG)."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
@@ -267,13 +291,23 @@ def adapt_cli(
     with _guard():
         import torch
 
-        from mpcli.batch import check_output_dir, collect_inputs, output_stems, run_batch
+        from mpcli.batch import (
+            check_output_dir,
+            collect_inputs,
+            output_stems,
+            run_batch,
+        )
         from mpcli.deploy import adapt_files
         from mpcli.device import resolve_device
         from mpcli.errors import InputError
         from mpcli.meta.adapt import AdaptConfig
         from mpcli.meta.losses import is_measurement_only
-        from mpcli.reconstruct import FORMATS, ReconOptions, reconstruct_scan, write_outputs
+        from mpcli.reconstruct import (
+            FORMATS,
+            ReconOptions,
+            reconstruct_scan,
+            write_outputs,
+        )
 
         if loss not in ("ssdu", "wssdu", "ei", "mc") or not is_measurement_only(loss):
             raise InputError(None, f"--loss must be a measurement-only loss (ssdu, wssdu, ei, mc), got {loss!r}")
@@ -348,18 +382,18 @@ def adapt_cli(
 @app.command("meta-train")
 def meta_train_cli(
     out: Path = typer.Option(..., "--out", "-o", help="Final weights (.safetensors); the checkpoint goes beside it."),
-    config: Optional[Path] = typer.Option(None, help="TOML config (see mpcli/configs/meta_prior.toml)."),
-    data: Optional[Path] = typer.Option(None, help="Folder of fully sampled fastMRI files to add as a training source."),
-    kspace: Optional[List[Path]] = typer.Option(None, "--kspace", help="Site mode: undersampled archive (files/folders), no ground truth."),
-    init: Optional[str] = typer.Option(None, help="Start from 'shipped' or a weights file (site mode default: shipped)."),
-    steps: Optional[int] = typer.Option(None, help="Outer steps (overrides the config)."),
-    inner_steps: Optional[int] = typer.Option(None, help="Inner steps per task."),
-    inner_loss: Optional[str] = typer.Option(None, help="Inner (measurement-only) loss: ssdu | wssdu | ei | mc."),
+    config: Path | None = typer.Option(None, help="TOML config (see mpcli/configs/meta_prior.toml)."),
+    data: Path | None = typer.Option(None, help="Folder of fully sampled fastMRI files to add as a training source."),
+    kspace: list[Path] | None = typer.Option(None, "--kspace", help="Site mode: undersampled archive (files/folders), no ground truth."),
+    init: str | None = typer.Option(None, help="Start from 'shipped' or a weights file (site mode default: shipped)."),
+    steps: int | None = typer.Option(None, help="Outer steps (overrides the config)."),
+    inner_steps: int | None = typer.Option(None, help="Inner steps per task."),
+    inner_loss: str | None = typer.Option(None, help="Inner (measurement-only) loss: ssdu | wssdu | ei | mc."),
     first_order: bool = typer.Option(False, "--first-order", help="First-order hypergradient (no second derivatives)."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint beside --out (bit-for-bit)."),
-    seed: Optional[int] = typer.Option(None, help="Seed (overrides the config)."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (overrides the config)."),
-    log: Optional[Path] = typer.Option(None, help="JSONL log (default: OUT with .jsonl)."),
+    seed: int | None = typer.Option(None, help="Seed (overrides the config)."),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda (overrides the config)."),
+    log: Path | None = typer.Option(None, help="JSONL log (default: OUT with .jsonl)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     """Meta-train a prior by bilevel optimisation over acquisition tasks.
@@ -382,7 +416,7 @@ def meta_train_cli(
             if not data.is_dir():
                 raise InputError(data, "--data must be a folder of fully sampled fastMRI files")
             tasks = dict(cfg.tasks)
-            tasks["sources"] = list(tasks.get("sources", ["mni_t1"])) + [f"fastmri:{data}"]
+            tasks["sources"] = [*list(tasks.get("sources", ["mni_t1"])), f"fastmri:{data}"]
             overrides["tasks"] = tasks
         try:
             cfg = dataclasses.replace(cfg, **overrides)

@@ -58,7 +58,7 @@ def cupy_available() -> bool:
         import cupy
 
         return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - ImportError, CUDA driver errors …
+    except Exception:
         return False
 
 

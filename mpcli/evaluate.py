@@ -93,7 +93,7 @@ def _load_nifti(path: Path) -> tuple[np.ndarray, dict]:
         img = nib.load(str(path))
         arr = np.asanyarray(img.dataobj)
         affine = np.asarray(img.affine)
-    except Exception as err:  # noqa: BLE001 - nibabel raises many types for broken files
+    except Exception as err:
         raise InputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]

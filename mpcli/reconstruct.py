@@ -22,7 +22,7 @@ import torch
 
 from mpcli import __version__
 from mpcli.errors import InputError
-from mpcli.scan import Scan
+from mpcli.scan import Scan, center_crop
 
 CLASSICAL = ("zero-filled", "sense", "cs")
 NETWORK = ("meta", "adapted")
@@ -36,9 +36,9 @@ class ReconOptions:
 
     method: str = "cs"
     formats: tuple[str, ...] = ("h5", "nifti")
-    cs_lam: float = 0.005
+    cs_lam: float = 1e-3  # classical.DEFAULT_LAM: best on the MPRAGE 4x data and bench/classical.py
     cs_iters: int = 100
-    sense_tikhonov: float = 0.0
+    sense_tikhonov: float = 0.01
     sense_iters: int = 30
     batch: int = 4
     anonymize: bool = False
@@ -75,19 +75,30 @@ def reconstruct_scan(scan: Scan, options: ReconOptions, device: torch.device,
         return Recon(image, scan, options.method, None)
     if maps is None:
         maps = estimate_maps(scan.kspace, scan.mask, device=device)  # [S, C, H, W]
+    support = coil_support(maps, scan.recon_size)  # [S, h, w]
     if options.method in CLASSICAL:
         from mpcli.recon.classical import reconstruct_classical
 
         opts = ({"lam": options.cs_lam, "iters": options.cs_iters} if options.method == "cs"
                 else {"tikhonov": options.sense_tikhonov, "iters": options.sense_iters})
         image = reconstruct_classical(scan, options.method, maps=maps, device=device, **opts)
-        return Recon(image, scan, options.method, None)
+        return Recon(image * support, scan, options.method, None)
     if model is None:
         raise InputError(scan.source, f"method {options.method!r} needs a model")
     from mpcli.recon.apply import reconstruct_network
 
     image = reconstruct_network(model, scan, maps, device, batch=options.batch)
-    return Recon(image, scan, options.method, model_sha256)
+    return Recon(image * support, scan, options.method, model_sha256)
+
+
+def coil_support(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Where the coil maps see anything: Σ_c |S_c|² > 0, ``[S, h, w]`` float32.
+
+    Outside it A is blind (A x = 0 for x supported there), so nothing measured
+    constrains a reconstruction: ESPIRiT's eigenvalue crop marks it as outside
+    the object, and map-based reconstructions are set to zero there.
+    """
+    return center_crop(maps.abs().pow(2).sum(1) > 0, size).cpu().numpy().astype(np.float32)
 
 
 def provenance(recon: Recon) -> dict:

@@ -50,7 +50,7 @@ class Geometry:
     assumed: bool = False
 
     @staticmethod
-    def default(n_slices: int, voxel_size: Vec3 = (1.0, 1.0, 1.0)) -> "Geometry":
+    def default(n_slices: int, voxel_size: Vec3 = (1.0, 1.0, 1.0)) -> Geometry:
         """Axial geometry centred at the origin, slices stacked along +z."""
         dz = voxel_size[2]
         centres = tuple((0.0, 0.0, (k - (n_slices - 1) / 2) * dz) for k in range(n_slices))
@@ -88,7 +88,7 @@ class Geometry:
         """The same affine in RAS (NIfTI): LPS → RAS flips the x and y axes."""
         return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.voxel_to_lps(shape)
 
-    def cropped(self, full: tuple[int, int], crop: tuple[int, int]) -> "Geometry":
+    def cropped(self, full: tuple[int, int], crop: tuple[int, int]) -> Geometry:
         """Geometry after a centre crop from ``full`` to ``crop`` (H, W).
 
         ``center_crop`` keeps the FFT-centre pixel at the new centre index when

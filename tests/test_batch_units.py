@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mpcli.batch import (check_output_dir, collect_inputs, output_stems, parse_shard,
-                         select_shard)
+from mpcli.batch import check_output_dir, collect_inputs, output_stems, parse_shard, select_shard
 from mpcli.errors import InputError, OutputError
 
 

@@ -168,10 +168,41 @@ def test_sigkill_leaves_outputs_absent_or_complete_and_resume_finishes(tmp_path)
     done = {m.name: m.read_bytes() for m in out.glob("*.mp.json")}
     finished = {p: p.read_bytes() for m in out.glob("*.mp.json")
                 for p in [out / rel for rel in json.loads(m.read_text())["outputs"]] if p.is_file()}
-    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=os.environ)
+    res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=os.environ)
     assert res.returncode == 0, res.stderr
     for k in range(n):
         _complete_or_absent(out, f"k{k}", 3)
         assert (out / f"k{k}.mp.json").exists()
     assert all((out / name).read_bytes() == body for name, body in done.items())
     assert all(p.read_bytes() == body for p, body in finished.items())
+
+
+def test_patient_identifiers_never_leak_outside_dicom(tmp_path):
+    """Identifiers in an ISMRMRD header reach the DICOM series only — never logs, names,
+    NIfTI headers, HDF5 outputs or manifests; with --anonymize not even DICOM."""
+    from tests.synthetic import IDENTITY
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_synthetic_ismrmrd(src / "scan.h5", slices=2, coils=4, h=32, w=24, acceleration=2)
+    secrets = [v.encode() for k, v in IDENTITY.items() if k in ("PatientName", "PatientID") and len(v) > 3]
+    assert secrets
+    for anonymize in (False, True):
+        out = tmp_path / f"out_{anonymize}"
+        args = ["reconstruct", src, "--out", out, "--method", "zero-filled", "--format", "h5",
+                "--format", "nifti", "--format", "dicom", "--json"] + (["--anonymize"] if anonymize else [])
+        res = mp(*args)
+        assert res.exit_code == 0, res.stderr
+        logs = (res.stdout + res.stderr).encode()
+        for path in out.rglob("*"):
+            assert not any(s in str(path).encode() for s in secrets), path
+            if path.is_file() and (path.suffix != ".dcm" or anonymize):
+                data = path.read_bytes()
+                if path.name.endswith(".gz"):
+                    import gzip
+
+                    data = gzip.decompress(data)
+                assert not any(s in data for s in secrets), path
+        assert not any(s in logs for s in secrets)
+        dicoms = list(out.rglob("*.dcm"))
+        assert dicoms and (anonymize or any(secrets[0] in p.read_bytes() for p in dicoms))

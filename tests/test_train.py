@@ -76,7 +76,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
         env=env, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with safe_open(str(out), framework="pt") as fh:
-        ddp = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - not a dict
+        ddp = {k: fh.get_tensor(k) for k in fh.keys()}
     single = meta_train(toy_config(inner_loss="ssdu"), tmp_path / "one.safetensors", model=toy_model(),
                         family=ToyFamily())
     init = toy_model().state_dict()

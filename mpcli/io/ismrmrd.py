@@ -100,7 +100,7 @@ def parse_header(path: str | Path, xml: bytes | str):
         xml = xml.item()
     try:
         hdr = ismrmrd.xsd.CreateFromDocument(xml)
-    except Exception:  # noqa: BLE001 - any parse failure: retry leniently
+    except Exception:
         try:
             from xsdata.formats.dataclass.parsers import XmlParser
             from xsdata.formats.dataclass.parsers.config import ParserConfig
@@ -108,7 +108,7 @@ def parse_header(path: str | Path, xml: bytes | str):
             parser = XmlParser(config=ParserConfig(fail_on_unknown_properties=False))
             text = xml.decode("utf-8", "replace") if isinstance(xml, bytes) else str(xml)
             hdr = parser.from_string(text, ismrmrd.xsd.ismrmrdHeader)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise InputError(path, f"ISMRMRD header XML is invalid: {one_line(err)}") from None
     if not hdr.encoding:
         raise InputError(path, "ISMRMRD header has no <encoding>")
@@ -541,7 +541,7 @@ def oversample_readout(k: np.ndarray, factor: int) -> np.ndarray:
         return k
     hh = k.shape[-2]
     img = ifft1c(torch.from_numpy(k), dim=-2)  # [S, C, H, W]
-    pad = torch.zeros(k.shape[:-2] + (factor * hh, k.shape[-1]), dtype=img.dtype)
+    pad = torch.zeros((*k.shape[:-2], factor * hh, k.shape[-1]), dtype=img.dtype)
     top = (factor * hh - hh) // 2
     pad[..., top : top + hh, :] = img
     return fft1c(pad, dim=-2).numpy().astype(np.complex64)  # [S, C, factor·H, W]

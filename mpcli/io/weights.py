@@ -151,8 +151,8 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open, not a dict
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types on bad input
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:
         raise ModelError(path, f"not a valid safetensors weights file ({type(err).__name__})") from None
     if _HASH_KEY not in header:
         raise ModelError(path, "no SHA-256 in the weights metadata (not an mp weights file)")

@@ -19,15 +19,24 @@ and returns the best φ. Reconstruction afterwards uses all of Ω.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from mpcli.meta.functional import Params, bind, params_of, tree_detach, tree_sqnorm, tree_sub
+from mpcli.meta.functional import (
+    Params,
+    bind,
+    params_of,
+    tree_detach,
+    tree_sqnorm,
+    tree_sub,
+)
 from mpcli.meta.inner import init_opt_state, inner_step
 from mpcli.meta.losses import acquired_mask, derive_seed, make_loss, reseed
+from mpcli.meta.train import take
 from mpcli.physics.masks import split_mask
 from mpcli.physics.sense import Sense, sense
 from mpcli.scan import Scan
@@ -92,10 +101,6 @@ def holdout(batch: SiteBatch, fraction: float, seed: int) -> tuple[SiteBatch, Si
             SiteBatch(None, batch.y * g, batch.A.with_mask(g)))
 
 
-def _take(batch: SiteBatch, idx) -> SiteBatch:
-    return SiteBatch(None, batch.y[idx], Sense(batch.A.maps[idx], batch.A.mask[idx]))
-
-
 def validation_loss(model: nn.Module, phi: Params, train: SiteBatch, val: SiteBatch) -> float:
     """‖A_Γ f_φ(y_T, A_T) − y_Γ‖² / ‖y_Γ‖² summed over the given slices."""
     with torch.no_grad():
@@ -132,7 +137,7 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
     val_idx = [torch.randperm(b.y.shape[0], generator=gen)[: config.val_slices].sort().values for b in batches]
 
     def val_of(phi) -> float:
-        return sum(validation_loss(model, phi, _take(t, i), _take(g, i))
+        return sum(validation_loss(model, phi, take(t, i), take(g, i))
                    for (t, g), i in zip(splits, val_idx)) / len(splits)
 
     phi, state = dict(theta), init_opt_state(config.optimizer, theta)
@@ -146,7 +151,7 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
         n = train.y.shape[0]
         pick = torch.randperm(n, generator=gen)[: config.slices_per_step].sort().values
         reseed(loss, derive_seed(config.seed, step))
-        phi, state, value = inner_step(model, phi, theta, _take(train, pick), loss, config.lr, config.lam,
+        phi, state, value = inner_step(model, phi, theta, take(train, pick), loss, config.lr, config.lam,
                                        state, create_graph=False)
         phi = tree_detach(phi)
         val = val_of(phi)

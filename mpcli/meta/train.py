@@ -243,8 +243,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, in
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:
         raise ModelError(path, f"unreadable checkpoint: {err}") from None
     if meta.get("format") != "mpcli-meta-checkpoint":
         raise ModelError(path, "not an mp meta-training checkpoint")
@@ -375,7 +375,7 @@ def _run(config: MetaTrainConfig, out: Path, log: Path | None, resume: bool, pro
         flat = torch.cat([v.reshape(-1) for v in gsum.values()] + [sums.to(gsum[next(iter(gsum))].dtype)])
         flat = ddp.all_reduce_sum(flat, info) / T
         i0 = 0
-        for k, p in theta.items():
+        for p in theta.values():
             n = p.numel()
             p.grad = flat[i0 : i0 + n].reshape(p.shape).clone()
             i0 += n

@@ -36,16 +36,16 @@ class LinearOperator:
         return self.forward(x)
 
     @property
-    def H(self) -> "LinearOperator":  # noqa: N802 - the usual maths name
+    def H(self) -> LinearOperator:
         """The adjoint operator Aᴴ."""
         return Adjoint(self)
 
     @property
-    def N(self) -> "LinearOperator":  # noqa: N802
+    def N(self) -> LinearOperator:
         """The normal operator AᴴA."""
         return Adjoint(self) @ self
 
-    def __matmul__(self, other: "LinearOperator") -> "LinearOperator":
+    def __matmul__(self, other: LinearOperator) -> LinearOperator:
         return Composition(self, other)
 
 
@@ -62,7 +62,7 @@ class Adjoint(LinearOperator):
         return self.op.forward(y)
 
     @property
-    def H(self):  # noqa: N802
+    def H(self):
         return self.op
 
 
@@ -135,7 +135,7 @@ class Sense(LinearOperator):
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return (self.maps.conj() * ifft2c(self.mask * y)).sum(dim=-3)  # [B, H, W]
 
-    def with_mask(self, mask: torch.Tensor) -> "Sense":
+    def with_mask(self, mask: torch.Tensor) -> Sense:
         """The same coils with another sampling mask (used by splitting losses)."""
         return Sense(self.maps, mask)
 
