@@ -40,8 +40,14 @@ lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/ruff check mpcli tests bench
 
+# Benchmarks print tables (see README); they are not tests. ~1.5 h on 2 CPU cores.
 bench: $(STAMP)
 	$(BIN)/python bench/classical.py
+	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/meta_vs_scratch.py
+	$(BIN)/python bench/adapt_defaults.py
+	$(BIN)/python bench/site_prior.py
+	$(BIN)/python bench/speed.py --repeats 1
 
 clean:
 	rm -rf $(VENV) out
