@@ -264,3 +264,20 @@ def bad_input_corpus(directory: str | Path) -> dict[str, Path]:
         f["dataset/data"][...] = acqs
     out["three_d"] = three
     return out
+
+
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    """Rotation matrix (degrees about x, then y, then z)."""
+    a, b, c = np.deg2rad([ax, ay, az])
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+DIRECTIONS = {  # (read_dir, phase_dir) in LPS, for geometry tests
+    "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+    "sagittal": ((0.0, 0.0, -1.0), (0.0, 1.0, 0.0)),
+    "coronal": ((0.0, 0.0, -1.0), (1.0, 0.0, 0.0)),
+    "oblique": tuple(tuple(float(v) for v in rotation(20, -15, 10)[:, c]) for c in (0, 1)),
+}

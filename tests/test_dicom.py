@@ -16,6 +16,7 @@ from mpcli.errors import OutputError
 from mpcli.io.dicom import quantize, read_dicom_series, write_dicom_series
 from mpcli.io.nifti import write_nifti
 from mpcli.scan import Geometry
+from tests.synthetic import DIRECTIONS
 
 BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
 
@@ -41,20 +42,6 @@ PROTOCOL = {"TR": 2500.0, "TE": 27.0, "flipAngle_deg": 150.0, "systemFieldStreng
 PROVENANCE = {"method": "adapt", "model_sha256": "a" * 64, "input_sha256": "b" * 64, "version": "0.1.0"}
 
 
-def rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    a, b, c = np.deg2rad([ax, ay, az])
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-DIRECTIONS = {  # (read_dir, phase_dir) in LPS
-    "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
-    "sagittal": ((0.0, 0.0, -1.0), (0.0, 1.0, 0.0)),
-    "coronal": ((0.0, 0.0, -1.0), (1.0, 0.0, 0.0)),
-    "oblique": tuple(tuple(float(v) for v in rotation(20, -15, 10)[:, c]) for c in (0, 1)),
-}
 CASES = [(kind, desc) for kind in DIRECTIONS for desc in (False, True)]
 
 

@@ -8,25 +8,11 @@ import pytest
 from mpcli.io.dicom import read_dicom_series, write_dicom_series
 from mpcli.io.nifti import read_nifti, write_nifti
 from mpcli.scan import Geometry, center_crop
+from tests.synthetic import DIRECTIONS
 
 PROVENANCE = {"method": "zero-filled", "model_sha256": None, "input_sha256": "0" * 64, "version": "0.1.0"}
 
 
-def rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    """Rotation matrix (degrees about x, then y, then z)."""
-    a, b, c = np.deg2rad([ax, ay, az])
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-DIRECTIONS = {  # (read_dir, phase_dir) in LPS
-    "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
-    "sagittal": ((0.0, 0.0, -1.0), (0.0, 1.0, 0.0)),
-    "coronal": ((0.0, 0.0, -1.0), (1.0, 0.0, 0.0)),
-    "oblique": tuple(tuple(float(v) for v in rotation(20, -15, 10)[:, c]) for c in (0, 1)),
-}
 
 
 def make_geometry(kind: str, descending: bool, n: int = 4, voxel=(0.7, 0.9, 3.0), spacing: float = 3.5,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import h5py
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from mpcli.errors import InputError
+from mpcli.io.atomic import atomic_file
 from mpcli.io.ismrmrd import (
     check_finite,
     header_identity,
@@ -171,9 +171,11 @@ def _numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _atomic_h5(path: Path):
-    """Temporary file name beside ``path`` (written, then renamed over it)."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+def _write_attrs(f: h5py.File, attrs: dict) -> None:
+    """HDF5 attrs: str/int/float/bool as they are, other values as JSON; None skipped."""
+    for key, value in attrs.items():
+        if value is not None:
+            f.attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
 
 
 def _rss(kspace: np.ndarray) -> np.ndarray:
@@ -220,29 +222,22 @@ def write_fastmri(
     ref = None if reference is None else _numpy(reference).astype(np.float32)
     vol = ref if ref is not None else _rss(k)
     extra = dict(attrs or {})
-    tmp = _atomic_h5(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("kspace", data=k, compression=compression,
-                             chunks=(1, *k.shape[1:]) if compression else None)
-            f.create_dataset("ismrmrd_header", data=np.bytes_(header_xml.encode()))
-            if mask is not None:
-                f.create_dataset("mask", data=_numpy(mask).astype(np.float32))
-            if ref is not None:
-                f.create_dataset("reconstruction_rss", data=ref)
-            f.attrs["acquisition"] = str(extra.pop("acquisition", "unknown"))
-            f.attrs["max"] = float(np.max(vol)) if vol.size else 0.0
-            f.attrs["norm"] = float(np.linalg.norm(vol))
-            if "patient_id" in extra:
-                f.attrs["patient_id"] = str(extra.pop("patient_id"))
-            if geometry is not None:
-                f.attrs[GEOMETRY_ATTR] = geometry_to_json(geometry)
-            for key, value in extra.items():
-                f.attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("kspace", data=k, compression=compression,
+                         chunks=(1, *k.shape[1:]) if compression else None)
+        f.create_dataset("ismrmrd_header", data=np.bytes_(header_xml.encode()))
+        if mask is not None:
+            f.create_dataset("mask", data=_numpy(mask).astype(np.float32))
+        if ref is not None:
+            f.create_dataset("reconstruction_rss", data=ref)
+        f.attrs["acquisition"] = str(extra.pop("acquisition", "unknown"))
+        f.attrs["max"] = float(np.max(vol)) if vol.size else 0.0
+        f.attrs["norm"] = float(np.linalg.norm(vol))
+        if "patient_id" in extra:
+            f.attrs["patient_id"] = str(extra.pop("patient_id"))
+        if geometry is not None:
+            f.attrs[GEOMETRY_ATTR] = geometry_to_json(geometry)
+        _write_attrs(f, extra)
     return path
 
 
@@ -254,18 +249,9 @@ def write_reconstruction(path: str | Path, image, attrs: dict | None = None) -> 
     """
     path = Path(path)
     img = _numpy(image).astype(np.float32)  # [S, H, W]
-    tmp = _atomic_h5(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("reconstruction", data=img)
-            for key, value in (attrs or {}).items():
-                if value is None:
-                    continue
-                f.attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("reconstruction", data=img)
+        _write_attrs(f, attrs or {})
     return path
 
 
