@@ -22,7 +22,7 @@ def _crandn(*shape, seed=0, dtype=torch.complex128):
     return torch.randn(*shape, dtype=dtype, generator=g)
 
 
-@pytest.mark.parametrize("shape", [(8, 8), (7, 10), (3, 16, 9), (2, 6, 10), (5, 4)])
+@pytest.mark.parametrize("shape", [(8, 8), (7, 10), (3, 16, 9), (2, 6, 10), (6, 8), (2, 4), (230, 180), (5, 4)])
 def test_fft2c_matches_numpy(shape):
     x = _crandn(*shape)
     ref = np.fft.fftshift(

@@ -11,8 +11,9 @@ axis (``torch.roll``)::
 
     fftshift(F(ifftshift(x)))[k] = (−1)^(N/2) (−1)^k F((−1)^n x)[k]
 
-so the centred transform is one FFT between two multiplications by a
-checkerboard c[n] = (−1)^n (times (−1)^(N/2)). Odd lengths use the shifts.
+so the centred transform is one FFT between two multiplications by the
+checkerboard c[n] = (−1)^n, with the sign (−1)^(N/2) applied once (per axis).
+Odd lengths use the shifts.
 """
 
 from __future__ import annotations
@@ -26,18 +27,18 @@ _DIMS = (-2, -1)
 
 @functools.lru_cache(maxsize=32)
 def _checkerboard(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(−1)^(i + j + H/2 + W/2) as a ``[H, W]`` tensor (both sizes even)."""
+    """c[i, j] = (−1)^(i + j) as a ``[H, W]`` tensor."""
     i = torch.arange(h, device=device).view(-1, 1)
     j = torch.arange(w, device=device).view(1, -1)
-    sign = 1 - 2 * ((i + j + h // 2 + w // 2) % 2)
-    return sign.to(dtype)
+    return (1 - 2 * ((i + j) % 2)).to(dtype)
 
 
 def _centred(x: torch.Tensor, transform) -> torch.Tensor:
     h, w = x.shape[-2:]
     if h % 2 == 0 and w % 2 == 0:
         c = _checkerboard(h, w, x.real.dtype, x.device)
-        return transform(x * c, dim=_DIMS, norm="ortho") * c
+        sign = -1.0 if (h // 2 + w // 2) % 2 else 1.0  # (−1)^(H/2 + W/2)
+        return transform(x * c, dim=_DIMS, norm="ortho") * (c * sign)
     x = torch.fft.ifftshift(x, dim=_DIMS)
     return torch.fft.fftshift(transform(x, dim=_DIMS, norm="ortho"), dim=_DIMS)
 
