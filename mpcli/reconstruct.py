@@ -75,20 +75,19 @@ def reconstruct_scan(scan: Scan, options: ReconOptions, device: torch.device,
         return Recon(image, scan, options.method, None)
     if maps is None:
         maps = estimate_maps(scan.kspace, scan.mask, device=device)  # [S, C, H, W]
-    support = coil_support(maps, scan.recon_size)  # [S, h, w]
     if options.method in CLASSICAL:
         from mpcli.recon.classical import reconstruct_classical
 
         opts = ({"lam": options.cs_lam, "iters": options.cs_iters} if options.method == "cs"
                 else {"tikhonov": options.sense_tikhonov, "iters": options.sense_iters})
         image = reconstruct_classical(scan, options.method, maps=maps, device=device, **opts)
-        return Recon(image * support, scan, options.method, None)
+        return Recon(image * coil_support(maps, scan.recon_size), scan, options.method, None)
     if model is None:
         raise InputError(scan.source, f"method {options.method!r} needs a model")
     from mpcli.recon.apply import reconstruct_network
 
-    image = reconstruct_network(model, scan, maps, device, batch=options.batch)
-    return Recon(image * support, scan, options.method, model_sha256)
+    image = reconstruct_network(model, scan, maps, device, batch=options.batch)  # zero outside the support
+    return Recon(image, scan, options.method, model_sha256)
 
 
 def coil_support(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
