@@ -67,7 +67,7 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
 def output_stems(files: list[Path]) -> dict[Path, str]:
     """A distinct output stem per input: the file stem, prefixed by parent folders on clashes."""
     def stem(f: Path, depth: int) -> str:
-        parts = [p for p in f.resolve().parent.parts[-depth:]] if depth else []
+        parts = list(f.resolve().parent.parts[-depth:]) if depth else []
         base = f.name.rsplit(".", 1)[0] if "." in f.name else f.name
         return "__".join([*parts, base])
 

@@ -301,7 +301,7 @@ def adapt_cli(
         from mpcli.device import resolve_device
         from mpcli.errors import InputError
         from mpcli.meta.adapt import AdaptConfig
-        from mpcli.meta.losses import is_measurement_only
+        from mpcli.meta.losses import LOSSES, is_measurement_only
         from mpcli.reconstruct import (
             FORMATS,
             ReconOptions,
@@ -309,7 +309,7 @@ def adapt_cli(
             write_outputs,
         )
 
-        if loss not in ("ssdu", "wssdu", "ei", "mc") or not is_measurement_only(loss):
+        if loss not in LOSSES or not is_measurement_only(loss):
             raise InputError(None, f"--loss must be a measurement-only loss (ssdu, wssdu, ei, mc), got {loss!r}")
         bad = [f for f in formats if f not in FORMATS]
         if bad:

@@ -70,13 +70,13 @@ def adapt_files(files: list[Path], out: Path, prior: Path | None, config, device
                 progress: Callable[[int, int, dict], None] | None = None,
                 on_file: Callable[[Path], None] | None = None, overwrite: bool = False) -> Adapted:
     """Adapt ``prior`` (default: the shipped meta-prior) to ``files``; write ``out``."""
+    from mpcli.io.atomic import check_output_path
     from mpcli.io.weights import SHIPPED_PRIOR, load_model, save_weights
     from mpcli.meta.adapt import adapt, prior_params, scan_batch
 
     if out.exists() and not overwrite:
         raise OutputError(out, "exists; use --overwrite to replace it")
-    if any(out.resolve() == Path(f).resolve() for f in files):
-        raise OutputError(out, "output would replace an input")
+    check_output_path(out, files)
     model, meta = load_model(prior or SHIPPED_PRIOR, device=device)
     site = load_site(files, device, on_file)
     batches = [scan_batch(s.scan, s.maps, device) for s in site]
