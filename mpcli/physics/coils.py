@@ -8,6 +8,15 @@ Maps are normalised so that Σ_c |S_c(r)|² = 1 inside the object, and set to ze
 where the eigenvalue is below ``crop`` (outside the object). The phase is made
 relative to coil 0.
 
+Coarse grid. The per-pixel operator is built from kernels that are
+``kernel_width`` samples wide in k-space, so it is a trigonometric polynomial
+of low degree in r: smooth on the scale of FOV/kernel_width. Its value on a
+coarse grid of the same FOV is exact (ESPIRiT on the centre ``g × g`` of
+k-space), and eigenvectors/eigenvalues between grid points are interpolated
+(bilinear, on exact grid coordinates). With ``grid=64`` a 256² slice costs
+~1/16 of the full computation; maps agree with the full-grid ones to
+|Σ_c conj(S_full,c) S_c| > 0.999 inside the object (``tests/test_coils.py``).
+
 sigpy runs on NumPy, or on CuPy when the k-space is on a CUDA device and CuPy is
 installed (arrays shared with torch through DLPack, no copy).
 """
@@ -25,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_CALIB = 24  # ESPIRiT's usual calibration width; wider buys little and costs time
 MIN_CALIB = 8  # below this the calibration matrix is poorly determined
+ESPIRIT_GRID = 64  # coarse grid per axis for the eigen-decomposition (see module docstring)
 
 
 def acs_width(mask: torch.Tensor) -> int:
@@ -74,6 +84,7 @@ def estimate_maps(
     crop: float = 0.95,
     kernel_width: int | None = None,
     max_iter: int = 30,
+    grid: int | None = ESPIRIT_GRID,
 ) -> torch.Tensor:
     """ESPIRiT coil maps for each slice.
 
@@ -92,6 +103,8 @@ def estimate_maps(
             (at least 2), so that small calibration blocks still give many rows.
         max_iter: power iterations per pixel (30: maps agree with 100 iterations to
             |Σ conj(S₁₀₀)S₃₀| > 0.99999 on a 256² 8-coil brain, 2.2× faster on CPU).
+        grid: eigen-decompose on a ``min(H, grid) × min(W, grid)`` grid of the
+            same FOV and interpolate (see the module docstring); None: full grid.
 
     Returns:
         ``[S, C, H, W]`` complex64 maps, on the device of ``kspace``.
@@ -112,21 +125,72 @@ def estimate_maps(
         kernel_width = max(2, min(6, calib_width // 2))
     dev_id = sigpy_device_id(dev)
     ksp = kspace.to(torch.complex64)  # [S, C, H, W]
+    H, W = ksp.shape[-2:]
+    coarse = None if grid is None else (min(H, max(grid, calib_width)), min(W, max(grid, calib_width)))
+    if coarse == (H, W):
+        coarse = None
     maps = []
     for s in range(ksp.shape[0]):
-        k = to_xp(ksp[s], dev_id)  # [C, H, W] numpy or cupy
+        k = ksp[s] if coarse is None else centre_crop(ksp[s], coarse)  # [C, h, w]
         app = EspiritCalib(
-            k,
+            to_xp(k, dev_id),
             calib_width=calib_width,
             thresh=thresh,
             kernel_width=kernel_width,
-            crop=crop,
+            crop=crop if coarse is None else 0.0,
             max_iter=max_iter,
             device=dev_id,
+            output_eigenvalue=True,
             show_pbar=False,
         )
-        maps.append(from_xp(app.run(), out_device).to(torch.complex64))  # [C, H, W]
+        mps, eig = app.run()  # [C, h, w] (unit norm per pixel, coil-0 phase), [h, w]
+        mps = from_xp(mps, out_device).to(torch.complex64)
+        eig = from_xp(eig, out_device).real.float().reshape(mps.shape[-2:])
+        if coarse is not None:
+            mps = _upsample_maps(mps, eig, (H, W), crop)
+        maps.append(mps)
     return torch.stack(maps)  # [S, C, H, W]
+
+
+def centre_crop(kspace: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The centre ``shape`` of ``[..., H, W]`` k-space: rows ``H//2 − h//2 …`` (the
+    DC sample H//2 lands on h//2, as in sigpy's ``resize``)."""
+    (H, W), (h, w) = kspace.shape[-2:], shape
+    top, left = H // 2 - h // 2, W // 2 - w // 2
+    return kspace[..., top : top + h, left : left + w]
+
+
+def _grid_coords(n: int, m: int, device: torch.device) -> torch.Tensor:
+    """Normalised (align_corners=True) coordinates on an ``m``-grid of the ``n``
+    pixels of the same FOV: pixel i sits at (i − n//2)/n FOV, coarse j at
+    (j − m//2)/m FOV, so j = (i − n//2)·m/n + m//2."""
+    j = (torch.arange(n, device=device, dtype=torch.float32) - n // 2) * (m / n) + m // 2
+    return 2 * j / max(m - 1, 1) - 1
+
+
+def resample_fov(planes: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resampling of real ``[P, h, w]`` images to ``[P, H, W]`` over the
+    same FOV (pixel centres as in ``_grid_coords``; edges clamped)."""
+    import torch.nn.functional as F
+
+    (H, W), (h, w) = shape, planes.shape[-2:]
+    gy, gx = _grid_coords(H, h, planes.device), _grid_coords(W, w, planes.device)
+    g = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # [1, H, W, 2] as (x, y)
+    return F.grid_sample(planes[None], g, mode="bilinear", padding_mode="border", align_corners=True)[0]
+
+
+def _upsample_maps(maps: torch.Tensor, eig: torch.Tensor, shape: tuple[int, int], crop: float) -> torch.Tensor:
+    """Coarse ESPIRiT output ``[C, h, w]``, eigenvalues ``[h, w]`` → ``[C, H, W]`` maps:
+    bilinear interpolation of real/imaginary parts and eigenvalues, then unit
+    norm per pixel, phase relative to coil 0, zero where the eigenvalue ≤ ``crop``."""
+    C = maps.shape[0]
+    planes = torch.cat([torch.view_as_real(maps).permute(0, 3, 1, 2).reshape(2 * C, *maps.shape[-2:]), eig[None]])
+    up = resample_fov(planes, shape)  # [2C + 1, H, W]
+    fine = torch.complex(up[0 : 2 * C : 2], up[1 : 2 * C : 2])  # [C, H, W]
+    fine = fine / fine.abs().pow(2).sum(0, keepdim=True).sqrt().clamp_min(1e-12)
+    ref = fine[0]
+    fine = fine * (ref.conj() / ref.abs().clamp_min(1e-12))
+    return fine * (up[2 * C] > crop)
 
 
 def rss(coil_images: torch.Tensor) -> torch.Tensor:
