@@ -97,6 +97,21 @@ def test_normal_operator_is_self_adjoint_and_psd():
     assert (x.conj() * N(x)).sum().real >= 0
 
 
+@pytest.mark.parametrize("shape", [(10, 8), (9, 8), (10, 7), (230, 180)])
+@pytest.mark.parametrize("kind", ["line", "line expanded to 2-D", "2-D"])
+def test_fast_normal_equals_adjoint_of_forward(shape, kind):
+    """Sense.normal (checkerboard folded into the maps, 1-D FFTs for line masks)
+    is AᴴA exactly as adjoint(forward(x)) computes it."""
+    H, W = shape
+    g = torch.Generator().manual_seed(3)
+    line = (torch.rand(2, 1, 1, W, generator=g) > 0.5).double()
+    mask = {"line": line, "line expanded to 2-D": line.expand(2, 1, H, W),
+            "2-D": (torch.rand(2, 1, H, W, generator=g) > 0.5).double()}[kind]
+    A = sense(_crandn(2, 3, H, W), mask)
+    x = _crandn(2, H, W, seed=4)
+    torch.testing.assert_close(A.normal(x), A.adjoint(A.forward(x)), rtol=1e-12, atol=1e-12)
+
+
 def test_normal_of_fully_sampled_sense_is_coil_energy():
     """With M = 1, AᴴA x = (Σ_c |S_c|²) x since F is unitary."""
     maps = _crandn(2, 3, 7, 5)

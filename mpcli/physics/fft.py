@@ -26,7 +26,7 @@ _DIMS = (-2, -1)
 
 
 @functools.lru_cache(maxsize=32)
-def _checkerboard(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def checkerboard(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """c[i, j] = (−1)^(i + j) as a ``[H, W]`` tensor."""
     i = torch.arange(h, device=device).view(-1, 1)
     j = torch.arange(w, device=device).view(1, -1)
@@ -36,7 +36,7 @@ def _checkerboard(h: int, w: int, dtype: torch.dtype, device: torch.device) -> t
 def _centred(x: torch.Tensor, transform) -> torch.Tensor:
     h, w = x.shape[-2:]
     if h % 2 == 0 and w % 2 == 0:
-        c = _checkerboard(h, w, x.real.dtype, x.device)
+        c = checkerboard(h, w, x.real.dtype, x.device)
         sign = -1.0 if (h // 2 + w // 2) % 2 else 1.0  # (−1)^(H/2 + W/2)
         return transform(x * c, dim=_DIMS, norm="ortho") * (c * sign)
     x = torch.fft.ifftshift(x, dim=_DIMS)

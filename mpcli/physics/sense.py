@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from mpcli.physics.fft import fft2c, ifft2c
+from mpcli.physics.fft import checkerboard, fft2c, ifft2c
 
 
 class LinearOperator:
@@ -34,6 +34,10 @@ class LinearOperator:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """AᴴA x (subclasses may have a cheaper way than adjoint(forward(x)))."""
+        return self.adjoint(self.forward(x))
 
     @property
     def H(self) -> LinearOperator:
@@ -134,6 +138,36 @@ class Sense(LinearOperator):
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return (self.maps.conj() * ifft2c(self.mask * y)).sum(dim=-3)  # [B, H, W]
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """AᴴA x = Σ_c conj(S_c) Fᴴ M F (S_c x), the cost of CG and of every unrolled network.
+
+        For even H and W the centring of F is a checkerboard c (see
+        :mod:`mpcli.physics.fft`): F_centred = ±c·F·c, and c·M·c = M, so
+        AᴴA = (cS)ᴴ Fᴴ M F (cS) with the plain orthonormal DFT F — no shifts.
+        When M is constant along H (a line mask, ``mask.shape[-2] == 1``) the
+        H-transforms cancel too: Fᴴ M F = F_Wᴴ M F_W (1-D FFTs only).
+        """
+        H, W = x.shape[-2:]
+        if H % 2 or W % 2:
+            return super().normal(x)
+        cmaps, line = self._normal_parts()
+        v = cmaps * x.unsqueeze(-3)  # [B, C, H, W]
+        if line is not None:
+            v = torch.fft.ifft(line * torch.fft.fft(v, dim=-1, norm="ortho"), dim=-1, norm="ortho")
+        else:
+            v = torch.fft.ifft2(self.mask * torch.fft.fft2(v, norm="ortho"), norm="ortho")
+        return (cmaps.conj() * v).sum(dim=-3)  # [B, H, W]
+
+    def _normal_parts(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(c ⊙ S with c[i, j] = (−1)^(i + j), the mask as ``[..., 1, W]`` when it is
+        constant along H else None), computed once per operator."""
+        if getattr(self, "_parts", None) is None:
+            cmaps = self.maps * checkerboard(*self.maps.shape[-2:], self.maps.real.dtype, self.maps.device)
+            first = self.mask[..., :1, :]
+            line = first if bool((self.mask == first).all()) else None
+            self._parts = (cmaps, line)
+        return self._parts
 
     def with_mask(self, mask: torch.Tensor) -> Sense:
         """The same coils with another sampling mask (used by splitting losses)."""

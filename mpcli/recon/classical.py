@@ -54,7 +54,7 @@ def cg_sense(
     mu = float(tikhonov)
 
     def normal(x):
-        return A.adjoint(A.forward(x)) + mu * x  # [B, H, W]
+        return A.normal(x) + mu * x  # [B, H, W]
 
     x, _ = conjugate_gradient(normal, A.adjoint(y), iters=iters, tol=tol)
     return x

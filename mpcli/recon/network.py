@@ -150,9 +150,12 @@ class _Denoiser(nn.Module):
             self.convs[-1].bias.zero_()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # channels-last (NHWC) memory: oneDNN's fast convolution layout on CPU (0.107 → 0.066 s
+        # per 256² slice, 1 thread); the values are the same, only the strides differ.
+        z = z.contiguous(memory_format=torch.channels_last)
         for i, conv in enumerate(self.convs):
             z = conv(z if i == 0 else F.relu(z))  # [B, F, H, W] … [B, 2, H, W]
-        return z
+        return z.contiguous()
 
 
 class ResUnroll(nn.Module):
@@ -224,7 +227,7 @@ class MoDL(nn.Module):
         aty = A.adjoint(y)  # [B, H, W]
 
         def normal(v):
-            return A.adjoint(A.forward(v)) + mu * v  # [B, H, W]
+            return A.normal(v) + mu * v  # [B, H, W]
 
         x, _ = conjugate_gradient(normal, aty, iters=2 * self.cg_iters, tol=0.0)
         for _ in range(self.iters):
