@@ -76,6 +76,13 @@ def write_scans(task, folder: Path, prefix: str, n: int, slices: int, offset: in
     return out
 
 
+def cfg_site_lr() -> float:
+    """The shipped config's site-mode outer learning rate."""
+    from mpcli.meta.train import MetaTrainConfig
+
+    return MetaTrainConfig.from_toml(REPO / "mpcli" / "configs" / "meta_prior.toml").site_outer_lr
+
+
 def site_meta_train(prior: Path, files: list[Path], out: Path, steps: int, device: torch.device, seed: int,
                     outer_lr: float | None = None, holdout: float | None = None):
     """meta_train_site from ``prior`` on ``files`` (measurements only), shipped config's inner problem."""
@@ -89,7 +96,7 @@ def site_meta_train(prior: Path, files: list[Path], out: Path, steps: int, devic
     cfg = dataclasses.replace(cfg, steps=steps, first_order=True, device=str(device), network=meta["config"],
                               checkpoint_every=0, val_every=max(steps // 2, 1), val_tasks=2, seed=seed)
     if outer_lr is not None:
-        cfg = dataclasses.replace(cfg, outer_lr=outer_lr)
+        cfg = dataclasses.replace(cfg, site_outer_lr=outer_lr)
     if holdout is not None:
         cfg = dataclasses.replace(cfg, site_holdout=holdout)
     site = load_site(files, device)
@@ -152,7 +159,7 @@ def render(info: dict, setting: dict, rows: list[dict], train_s: float, adapt_s:
         (f"Site: source {setting['source']}, plane {setting['plane']}, {setting['size']}×{setting['size']}, "
         f"{setting['coils']} coils, random mask R 4 (8 % centre), 1 % noise; {setting['train']} training scans and "
         f"{setting['test']} test scans of {setting['slices']} slices; prior: {setting['prior']}"),
-        f"Site meta-training: {setting['steps']} outer steps, first order, outer lr {setting['outer_lr'] or 'config'}, "
+        f"Site meta-training: {setting['steps']} outer steps, first order, outer lr {setting['outer_lr'] or cfg_site_lr()}, "
         f"holdout {setting['holdout'] or 'config'}, {train_s:.0f} s on {setting['device']}; "
         f"adaptation budget: {setting['adapt_steps'] or 'mp adapt default (40 steps, early stopping)'}; median adapt "
         + ", ".join(f"{k} {v:.1f} s" for k, v in adapt_s.items()),
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", type=int, default=3, help="held-out test scans")
     p.add_argument("--steps", type=int, default=60, help="site meta-training outer steps (~8 s each at 128×128 on "
                    "2 idle cores: 60 ≈ 8-10 min)")
-    p.add_argument("--outer-lr", type=float, default=None, help="site meta-training outer Adam lr (default: config's)")
+    p.add_argument("--outer-lr", type=float, default=None, help="site meta-training outer Adam lr (default: the config's site_outer_lr)")
     p.add_argument("--holdout", type=float, default=None, help="fraction of acquired k-space held out (default: config's)")
     p.add_argument("--adapt-steps", type=int, default=None, help="adaptation budget (default: mp adapt's)")
     p.add_argument("--prior", default=None, help="starting prior (default: shipped, else a random stand-in)")

@@ -275,7 +275,7 @@ def adapt_cli(
     steps: int = typer.Option(40, help="Maximum adaptation steps (early stopping may end sooner)."),
     lam: float = typer.Option(1e-2, help="Proximity weight λ of λ/2‖φ − θ*‖²."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    patience: int = typer.Option(8, help="Stop after this many steps without self-validation improvement."),
+    patience: int = typer.Option(4, help="Stop after this many steps without self-validation improvement."),
     recon: Path | None = typer.Option(None, help="Also reconstruct the inputs into this folder."),
     formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", help="Formats for --recon (repeatable)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
@@ -382,7 +382,8 @@ def adapt_cli(
 @app.command("meta-train")
 def meta_train_cli(
     out: Path = typer.Option(..., "--out", "-o", help="Final weights (.safetensors); the checkpoint goes beside it."),
-    config: Path | None = typer.Option(None, help="TOML config (see mpcli/configs/meta_prior.toml)."),
+    config: Path | None = typer.Option(None, help="TOML config (see mpcli/configs/meta_prior.toml; the default "
+                                       "in site mode)."),
     data: Path | None = typer.Option(None, help="Folder of fully sampled fastMRI files to add as a training source."),
     kspace: list[Path] | None = typer.Option(None, "--kspace", help="Site mode: undersampled archive (files/folders), no ground truth."),
     init: str | None = typer.Option(None, help="Start from 'shipped' or a weights file (site mode default: shipped)."),
@@ -405,8 +406,11 @@ def meta_train_cli(
         import dataclasses
 
         from mpcli.errors import InputError
+        from mpcli.io.weights import SHIPPED_CONFIG
         from mpcli.meta.train import MetaTrainConfig, meta_train, meta_train_site
 
+        if config is None and kspace:  # site mode continues the shipped prior's inner problem
+            config = SHIPPED_CONFIG
         cfg = MetaTrainConfig.from_toml(config) if config else MetaTrainConfig()
         overrides = {k: v for k, v in {"steps": steps, "inner_steps": inner_steps, "inner_loss": inner_loss,
                                        "seed": seed, "device": device}.items() if v is not None}

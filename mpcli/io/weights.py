@@ -40,6 +40,9 @@ from mpcli.errors import ModelError, OutputError
 SHIPPED_PRIOR = Path(__file__).resolve().parents[1] / "weights" / "meta_prior.safetensors"
 """The meta-prior shipped with the package (``mpcli/weights/meta_prior.safetensors``)."""
 
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "meta_prior.toml"
+"""The meta-training config of the shipped prior (also site mode's default)."""
+
 _HASH_KEY = "sha256"
 
 
