@@ -112,3 +112,14 @@ def test_second_order_keeps_the_graph_and_first_order_cuts_it():
     g2 = torch.autograd.grad(tree_dot(phi2, v), list(theta.values()))
     assert all(torch.equal(a, v[k]) for a, k in zip(g1, theta))
     assert any(not torch.allclose(a, v[k]) for a, k in zip(g2, theta))
+
+
+@pytest.mark.parametrize("name, calls", [("ssdu", 1), ("wssdu", 1), ("mc", 1), ("ei", 2)])
+def test_inner_step_runs_the_network_only_as_often_as_the_loss_needs(name, calls):
+    """Splitting losses re-run the network on their own split: no forward on the full data."""
+    model, batch = _setup()
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append(1))
+    theta = {k: v.detach() for k, v in params_of(model).items()}
+    inner_step(model, theta, theta, batch, make_loss(name), lr=1e-2, lam=0.0)
+    assert len(seen) == calls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -118,6 +119,10 @@ def test_site_mode_trains_without_ground_truth(tmp_path):
     assert any(not torch.equal(res.params[k], init[k]) for k in init)
     with pytest.raises(ValueError):
         meta_train_site(toy_config(inner_loss="l2"), scans, init, tmp_path / "bad.safetensors", model=toy_model())
+    # the outer step is site_outer_lr, not the from-scratch outer_lr: 0 leaves θ where it started
+    frozen = meta_train_site(dataclasses.replace(cfg, outer_lr=1.0, site_outer_lr=0.0), scans, init,
+                             tmp_path / "frozen.safetensors", model=toy_model())
+    assert all(torch.equal(frozen.params[k], init[k]) for k in init)
 
 
 def test_meta_train_from_config_alone_builds_network_and_task_family(tmp_path):

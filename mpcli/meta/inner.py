@@ -48,7 +48,7 @@ def inner_objective(model: nn.Module, phi: Params, theta: Params, batch, loss: C
                     lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(J(φ), L_inner(φ)) on ``batch`` (attributes ``y``, ``A`` and optional ``x``)."""
     f = bind(model, phi)
-    x_hat = f(batch.y, batch.A)  # [B, H, W]
+    x_hat = f(batch.y, batch.A) if getattr(loss, "needs_x_hat", True) else None  # [B, H, W]
     data = loss(x_hat, batch.y, batch.A, f, getattr(batch, "x", None))
     total = data + lam * proximity(phi, theta) if lam else data
     return total, data

@@ -9,7 +9,9 @@ with ``x_hat`` ``[B, H, W]`` complex (the network output on ``(y, A)``),
 operator that produced ``y``, ``model`` a callable ``(y, A) -> x̂`` already bound
 to the current parameters (losses that re-run the network use it), and ``x``
 ``[B, H, W]`` the ground truth (supervised losses only). Per-sample values are
-averaged over the batch.
+averaged over the batch. Losses that only re-run the network (ssdu, wssdu) set
+``needs_x_hat = False``: callers may then pass ``x_hat=None`` and skip a
+forward pass (a third of an SSDU adaptation step, and its memory).
 
 Supervised (need ``x``):
     l2    ‖x̂ − x‖² / (H W)                       (mean squared error)
@@ -136,6 +138,8 @@ class SSDU(_Seeded):
     in is ignored: the network is re-run on the Θ data.
     """
 
+    needs_x_hat = False
+
     def __init__(self, rho: float = 0.4, n_splits: int = 1, kind: str = "gaussian", seed: int = 0):
         if not 0 < rho < 1:
             raise ValueError(f"rho must be in (0, 1), got {rho}")
@@ -206,6 +210,8 @@ class WeightedSSDU(_Seeded):
     keeps every point reachable by Λ (a point always in Θ would have infinite
     weight and break the identity above). ``x_hat`` is ignored.
     """
+
+    needs_x_hat = False
 
     def __init__(self, rho: float = 0.4, n_splits: int = 1, kind: str = "gaussian", seed: int = 0,
                  p_min: float = 0.05, p_max: float = 0.95):
