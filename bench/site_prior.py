@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     tmp_ctx = tempfile.TemporaryDirectory(prefix="mp_site_") if args.keep is None else None
-    work = Path(tmp_ctx.name) if tmp_ctx else args.keep
+    work = Path(tmp_ctx.name) if tmp_ctx else args.keep.resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:
         prior, label = resolve_prior(args.prior, work)

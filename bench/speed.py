@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         setting = {"slices": args.slices, "coils": args.coils, "height": args.size, "width": args.size,
                    "recon": (args.size, args.size)}
     tmp_ctx = tempfile.TemporaryDirectory(prefix="mp_speed_") if args.keep is None else None
-    workdir = Path(tmp_ctx.name) if tmp_ctx else args.keep
+    workdir = Path(tmp_ctx.name) if tmp_ctx else args.keep.resolve()  # children run elsewhere
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         prior, label = resolve_prior(args.prior, workdir)
