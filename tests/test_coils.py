@@ -13,9 +13,9 @@ sp = pytest.importorskip("sigpy")
 import sigpy.mri as mr
 
 from mpcli.physics.coils import (
-    acs_width,
     calibration_width,
     centre_crop,
+    centred_acs_width,
     estimate_maps,
     resample_fov,
     rss,
@@ -122,13 +122,13 @@ def test_coarse_grid_espirit_matches_full_grid_on_real_brain():
 
 
 def test_acs_width_of_line_and_block_masks():
-    assert acs_width(_line_mask(every=4, centre=10)) == 10
+    assert centred_acs_width(_line_mask(every=4, centre=10)) == 10
     block = torch.zeros(1, 1, N, N)
     block[..., N // 2 - 12 : N // 2 + 12, N // 2 - 12 : N // 2 + 12] = 1
     block[..., ::7, ::5] = 1
-    assert acs_width(block) == 24
-    assert acs_width(torch.zeros(1, 1, N, N)) == 0
-    assert acs_width(_line_mask(every=4, centre=10)[..., :1, :]) == 10  # [1, 1, 1, W]
+    assert centred_acs_width(block) == 24
+    assert centred_acs_width(torch.zeros(1, 1, N, N)) == 0
+    assert centred_acs_width(_line_mask(every=4, centre=10)[..., :1, :]) == 10  # [1, 1, 1, W]
 
 
 def test_calibration_width_is_clipped_and_warns_when_narrow(caplog):

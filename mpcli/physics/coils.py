@@ -37,8 +37,11 @@ MIN_CALIB = 8  # below this the calibration matrix is poorly determined
 ESPIRIT_GRID = 64  # coarse grid per axis for the eigen-decomposition (see module docstring)
 
 
-def acs_width(mask: torch.Tensor) -> int:
-    """Width of the fully sampled square block at the k-space centre.
+def centred_acs_width(mask: torch.Tensor) -> int:
+    """Width of the fully sampled square block *centred* at the k-space centre.
+
+    (What ESPIRiT calibrates on; :func:`mpcli.physics.masks.acs_width` is the
+    largest fully sampled square merely *containing* the centre, for reporting.)
 
     ``mask`` is ``[..., H, W]`` or a line mask ``[..., 1, W]``; leading axes
     are reduced by "sampled in all". The block of width w is
@@ -68,7 +71,7 @@ def calibration_width(mask: torch.Tensor) -> int:
     least 4, so that a kernel fits) and logs a warning: maps from so small a
     block are blurred, but reconstruction still runs.
     """
-    acs = acs_width(mask)
+    acs = centred_acs_width(mask)
     if acs < MIN_CALIB:
         log.warning("only %d fully sampled centre lines: coil maps calibrated on %d", acs, max(acs, 4))
         return max(acs, 4)
