@@ -145,8 +145,9 @@ class Sense(LinearOperator):
         For even H and W the centring of F is a checkerboard c (see
         :mod:`mpcli.physics.fft`): F_centred = ±c·F·c, and c·M·c = M, so
         AᴴA = (cS)ᴴ Fᴴ M F (cS) with the plain orthonormal DFT F — no shifts.
-        When M is constant along H (a line mask, ``mask.shape[-2] == 1``) the
-        H-transforms cancel too: Fᴴ M F = F_Wᴴ M F_W (1-D FFTs only).
+        When M is constant along H (a line mask: every row the same, checked
+        once per operator) the H-transforms cancel too: Fᴴ M F = F_Wᴴ M F_W
+        (1-D FFTs only). Odd sizes take the generic adjoint(forward(x)).
         """
         H, W = x.shape[-2:]
         if H % 2 or W % 2:
