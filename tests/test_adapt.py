@@ -64,6 +64,7 @@ def test_holdout_partitions_acquired_kspace(batch):
 
 def test_proximity_keeps_distance_bounded_as_lambda_grows(batch):
     """max_k ‖φ_k − θ*‖ shrinks as λ grows (SGD, lr·λ < 1 so the proximal pull contracts)."""
+    torch.manual_seed(0)  # the init must not depend on which tests ran before (seed 1: ratio 0.58)
     model = build_network(TINY)
     theta = prior_params(model)
     dist = []

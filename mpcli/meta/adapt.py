@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from mpcli.meta.batches import take
 from mpcli.meta.functional import (
     Params,
     bind,
@@ -36,7 +37,6 @@ from mpcli.meta.functional import (
 )
 from mpcli.meta.inner import init_opt_state, inner_step
 from mpcli.meta.losses import acquired_mask, derive_seed, make_loss, reseed
-from mpcli.meta.train import take
 from mpcli.physics.masks import split_mask
 from mpcli.physics.sense import Sense, sense
 from mpcli.scan import Scan
@@ -58,6 +58,9 @@ class AdaptConfig:
     256² T2-like sagittal volume the best step was 1 with either (9 vs 5 run),
     same PSNR (+1.91 dB over the prior), 171 → 77 s on one core; 2 slices per
     step instead of 4 halved the time again but lost 1.0 dB, so 4 stay.
+    The 4 slices are back-propagated one at a time (``chunk``, gradients
+    summed): one 256² 8-coil SSDU step peaks at 1.08 GB instead of 2.32 GB
+    (4 at once), in the same time on CPU.
     """
 
     loss: str = "ssdu"
@@ -68,6 +71,7 @@ class AdaptConfig:
     val_fraction: float = 0.1
     patience: int = 4
     slices_per_step: int = 4
+    chunk: int = 1  # slices per backward pass (gradient accumulated): peak memory ∝ chunk
     val_slices: int = 4
     seed: int = 0
     loss_kw: dict = field(default_factory=dict)
@@ -166,7 +170,7 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
         pick = torch.randperm(n, generator=gen)[: config.slices_per_step].sort().values
         reseed(loss, derive_seed(config.seed, step))
         phi, state, value = inner_step(model, phi, theta, take(train, pick), loss, config.lr, config.lam,
-                                       state, create_graph=False)
+                                       state, create_graph=False, chunk=config.chunk)
         phi = tree_detach(phi)
         val = val_of(phi)
         stop = stopper.update(step, val)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mpcli.meta.batches import take
 from mpcli.meta.functional import Params, bind, proximity
 
 OptState = dict | None
@@ -55,21 +56,32 @@ def inner_objective(model: nn.Module, phi: Params, theta: Params, batch, loss: C
 
 
 def inner_step(model: nn.Module, phi: Params, theta: Params, batch, loss: Callable, lr: float, lam: float,
-               opt_state: OptState = None, create_graph: bool = False) -> tuple[Params, OptState, torch.Tensor]:
+               opt_state: OptState = None, create_graph: bool = False,
+               chunk: int | None = None) -> tuple[Params, OptState, torch.Tensor]:
     """One optimiser step on J; returns ``(φ_new, state_new, L_inner(φ))``.
 
     SGD when ``opt_state`` is None, Adam when it comes from
     ``init_opt_state("adam", …)``. Neither ``phi``, ``theta`` nor ``opt_state``
     is modified. The returned loss value is detached.
+
+    ``chunk`` (first order only): accumulate the gradient over groups of at most
+    ``chunk`` slices, ∇J = Σ_g (B_g/B) ∇L_inner(batch_g) + λ(φ − θ), so that one
+    group's graph is alive at a time (peak memory ∝ chunk, not B). Equal to the
+    whole-batch gradient for losses that average per-slice terms; randomised
+    losses draw their splits per group.
     """
     names = list(phi)
     # Leaves to differentiate against: tensors already in a graph stay as they are.
     phi = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in phi.items()}
-    with torch.enable_grad():
-        total, data = inner_objective(model, phi, theta, batch, loss, lam)
-        grads = torch.autograd.grad(total, [phi[k] for k in names], create_graph=create_graph,
-                                    allow_unused=True)
-    g = {k: torch.zeros_like(phi[k]) if gk is None else gk for k, gk in zip(names, grads)}
+    B = batch.y.shape[0]
+    if create_graph or chunk is None or chunk >= B:
+        with torch.enable_grad():
+            total, data = inner_objective(model, phi, theta, batch, loss, lam)
+            grads = torch.autograd.grad(total, [phi[k] for k in names], create_graph=create_graph,
+                                        allow_unused=True)
+        g = {k: torch.zeros_like(phi[k]) if gk is None else gk for k, gk in zip(names, grads)}
+    else:
+        g, data = _chunked_gradient(model, phi, theta, batch, loss, lam, chunk)
     if not create_graph:
         g = {k: v.detach() for k, v in g.items()}
 
@@ -95,6 +107,28 @@ def inner_step(model: nn.Module, phi: Params, theta: Params, batch, loss: Callab
             value = phi[k].detach() - step[k]
             new_phi[k] = value + (theta[k] - theta[k].detach()) if theta[k].requires_grad else value
     return new_phi, new_state, data.detach()
+
+
+def _chunked_gradient(model: nn.Module, phi: Params, theta: Params, batch, loss: Callable, lam: float,
+                      chunk: int) -> tuple[Params, torch.Tensor]:
+    """(∇J(φ), L_inner(φ)) accumulated over groups of ≤ ``chunk`` slices (detached)."""
+    B = batch.y.shape[0]
+    g = {k: torch.zeros_like(v) for k, v in phi.items()}
+    data = torch.zeros((), dtype=batch.y.real.dtype, device=batch.y.device)
+    for start in range(0, B, chunk):
+        part = take(batch, slice(start, min(start + chunk, B)))
+        weight = part.y.shape[0] / B
+        with torch.enable_grad():
+            _, value = inner_objective(model, phi, theta, part, loss, 0.0)
+            grads = torch.autograd.grad(value * weight, list(phi.values()), allow_unused=True)
+        for k, gk in zip(phi, grads):
+            if gk is not None:
+                g[k] += gk
+        data = data + weight * value.detach()
+    if lam:
+        for k in g:
+            g[k] += lam * (phi[k].detach() - theta[k].detach())
+    return g, data
 
 
 def inner_loop(model: nn.Module, theta: Params, batch, loss: Callable, steps: int, lr: float, lam: float = 0.0,

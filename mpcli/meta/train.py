@@ -47,6 +47,7 @@ except ImportError:  # Python 3.10: the tomli backport has the same API
 
 from mpcli.errors import InputError, ModelError, OutputError
 from mpcli.meta import distributed as ddp
+from mpcli.meta.batches import replace_fields, sense_like, take, to_device
 from mpcli.meta.functional import Params, bind, params_of
 from mpcli.meta.inner import inner_loop
 from mpcli.meta.losses import (
@@ -147,32 +148,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- batches
-
-
-def _replace(batch, **kw):
-    if dataclasses.is_dataclass(batch):
-        return dataclasses.replace(batch, **kw)
-    return batch._replace(**kw)
-
-
-def _sense_like(A, maps: torch.Tensor, mask: torch.Tensor):
-    return type(A)(maps, mask)
-
-
-def take(batch, idx) -> object:
-    """Slices ``idx`` (a slice or index list) of a batch ``(x, y, A)``."""
-    B = batch.y.shape[0]
-    A = batch.A
-    mask = A.mask[idx] if A.mask.dim() == 4 and A.mask.shape[0] == B else A.mask
-    x = None if batch.x is None else batch.x[idx]
-    return _replace(batch, x=x, y=batch.y[idx], A=_sense_like(A, A.maps[idx], mask))
-
-
-def to_device(batch, device: torch.device):
-    """The batch with every tensor on ``device``."""
-    A = batch.A
-    x = None if batch.x is None else batch.x.to(device)
-    return _replace(batch, x=x, y=batch.y.to(device), A=_sense_like(A, A.maps.to(device), A.mask.to(device)))
 
 
 # ------------------------------------------------------------------------ hypergradient
@@ -366,7 +341,7 @@ def _run(config: MetaTrainConfig, out: Path, log: Path | None, resume: bool, pro
             support, query = to_device(support, device), to_device(query, device)
             if target is not None:
                 ty, tA, tx = target
-                target = (ty.to(device), _sense_like(tA, tA.maps.to(device), tA.mask.to(device)),
+                target = (ty.to(device), sense_like(tA, tA.maps.to(device), tA.mask.to(device)),
                           None if tx is None else tx.to(device))
             reseed(inner_loss, derive_seed(config.seed, step, i, _INNER))
             reseed(outer_loss, derive_seed(config.seed, step, i, _OUTER))
@@ -432,7 +407,7 @@ def _validate(model, theta, config, episodes, inner_loss, outer_loss, device, in
             x_hat = f(query.y, query.A)
             if target is not None:
                 ty, tA, tx = target
-                target = (ty.to(device), _sense_like(tA, tA.maps.to(device), tA.mask.to(device)), tx)
+                target = (ty.to(device), sense_like(tA, tA.maps.to(device), tA.mask.to(device)), tx)
             ty, tA, tx = target if target is not None else (query.y, query.A, query.x)
         with torch.enable_grad():  # losses that re-run the network need no grad, but allow it
             losses.append(float(outer_loss(x_hat, ty, tA, f, tx)))
@@ -532,7 +507,7 @@ def meta_train_site(config: MetaTrainConfig, scans: Sequence, init_params: Param
         omega = acquired_mask(b.y, b.A)  # [B, 1, H, W]
         th, lam = split_mask(omega.cpu(), config.site_holdout, gen, kind="uniform")
         th, lam = th.to(omega.device), lam.to(omega.device)
-        inner = _replace(b, x=None, y=b.y * th, A=b.A.with_mask(th))
+        inner = replace_fields(b, x=None, y=b.y * th, A=b.A.with_mask(th))
         return inner, inner, (b.y * lam, b.A.with_mask(lam), None)
 
     summary = {"mode": "site", "scans": len(scans), "slices": int(sum(s.y.shape[0] for s in scans)),
