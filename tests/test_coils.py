@@ -85,16 +85,27 @@ def test_espirit_maps_are_zero_far_outside_object_and_unit_inside():
     assert float((energy[far] == 0).float().mean()) > 0.8
 
 
-@pytest.mark.parametrize("n, m", [(256, 64), (230, 64), (180, 64), (65, 32), (64, 21)])
+@pytest.mark.parametrize("n, m", [(256, 64), (192, 64), (230, 64), (180, 64), (65, 32), (64, 21)])
 def test_resample_fov_puts_coarse_pixels_at_their_fov_positions(n, m):
-    """A linear function of position sampled on the coarse grid comes back exactly on
-    the fine grid (bilinear interpolation is exact for it), edges excepted."""
+    """Fine pixel i sits at (i − n//2)/n FOV and coarse j at (j − m//2)/m FOV: where
+    they coincide (the centre always; every n/m-th pixel for an integer ratio) the
+    interpolating kernel returns the coarse value itself."""
+    coarse = torch.randn(2, m, m, generator=torch.Generator().manual_seed(0))
+    fine = resample_fov(coarse, (n, n))  # [2, n, n]
+    r = n // m if n % m == 0 else 0
+    steps = range(-(m // 2) + 2, m - m // 2 - 2) if r else [0]  # away from the clamped edges
+    for t in steps:
+        for u in steps:
+            assert torch.allclose(fine[:, n // 2 + r * t, n // 2 + r * u], coarse[:, m // 2 + t, m // 2 + u], atol=1e-5)
+
+
+def test_resample_fov_is_smooth_and_bounded_between_nodes():
+    """A smooth image (one period over the FOV, 64 samples) comes back within
+    O(h²) of its analytic values between the nodes (measured 0.005)."""
     pos = lambda k: (torch.arange(k, dtype=torch.float32) - k // 2) / k  # FOV units
-    coarse = (pos(m)[:, None] + 2 * pos(m)[None, :])[None]  # [1, m, m]: y + 2x
-    fine = resample_fov(coarse, (n, n))[0]  # [n, n]
-    want = pos(n)[:, None] + 2 * pos(n)[None, :]
-    inside = slice(n // m + 1, n - n // m - 1)
-    assert torch.allclose(fine[inside, inside], want[inside, inside], atol=1e-5)
+    f = lambda p, q: torch.cos(2 * torch.pi * p)[:, None] * torch.sin(2 * torch.pi * q)[None, :]
+    fine = resample_fov(f(pos(64), pos(64))[None], (256, 256))[0]
+    assert float((fine - f(pos(256), pos(256)))[8:-8, 8:-8].abs().max()) < 1e-2
 
 
 def test_centre_crop_keeps_dc_at_the_centre():
@@ -119,6 +130,8 @@ def test_coarse_grid_espirit_matches_full_grid_on_real_brain():
     coherence = (full.conj() * coarse).sum(0).abs()[both]
     assert float(coherence.mean()) > 0.9999 and float(coherence.quantile(0.01)) > 0.9999
     assert float(2 * both.sum() / (sf.sum() + sc.sum())) > 0.99  # Dice of the supports
+    # no rim of tissue cut: bilinear eigenvalue interpolation lost 0.50 % of the support (149 px), bicubic 0.22 %
+    assert float((sf & ~sc).sum() / sf.sum()) < 0.004
 
 
 def test_acs_width_of_line_and_block_masks():

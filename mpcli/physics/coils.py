@@ -13,7 +13,9 @@ Coarse grid. The per-pixel operator is built from kernels that are
 of low degree in r: smooth on the scale of FOV/kernel_width. Its value on a
 coarse grid of the same FOV is exact (ESPIRiT on the centre ``g × g`` of
 k-space), and eigenvectors/eigenvalues between grid points are interpolated
-(bilinear, on exact grid coordinates). With ``grid=64`` a 256² slice costs
+(bicubic, on exact grid coordinates: bilinear interpolation under-estimates the
+eigenvalue where it bends down at the object edge and cut a one-pixel rim of
+tissue — 0.4 dB on the sample scan). With ``grid=64`` a 256² slice costs
 ~1/16 of the full computation (0.12 vs 2.1 s on CPU); on the real 230×180
 8-coil brain the maps agree with the full-grid ones to a mean per-pixel
 |Σ_c conj(S_full,c) S_c| of 0.999998 inside the object, and the supports to a
@@ -174,19 +176,19 @@ def _grid_coords(n: int, m: int, device: torch.device) -> torch.Tensor:
 
 
 def resample_fov(planes: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resampling of real ``[P, h, w]`` images to ``[P, H, W]`` over the
+    """Bicubic resampling of real ``[P, h, w]`` images to ``[P, H, W]`` over the
     same FOV (pixel centres as in ``_grid_coords``; edges clamped)."""
     import torch.nn.functional as F
 
     (H, W), (h, w) = shape, planes.shape[-2:]
     gy, gx = _grid_coords(H, h, planes.device), _grid_coords(W, w, planes.device)
     g = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # [1, H, W, 2] as (x, y)
-    return F.grid_sample(planes[None], g, mode="bilinear", padding_mode="border", align_corners=True)[0]
+    return F.grid_sample(planes[None], g, mode="bicubic", padding_mode="border", align_corners=True)[0]
 
 
 def _upsample_maps(maps: torch.Tensor, eig: torch.Tensor, shape: tuple[int, int], crop: float) -> torch.Tensor:
     """Coarse ESPIRiT output ``[C, h, w]``, eigenvalues ``[h, w]`` → ``[C, H, W]`` maps:
-    bilinear interpolation of real/imaginary parts and eigenvalues, then unit
+    bicubic interpolation of real/imaginary parts and eigenvalues, then unit
     norm per pixel, phase relative to coil 0, zero where the eigenvalue ≤ ``crop``."""
     C = maps.shape[0]
     planes = torch.cat([torch.view_as_real(maps).permute(0, 3, 1, 2).reshape(2 * C, *maps.shape[-2:]), eig[None]])
