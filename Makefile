@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/meta_vs_scratch.py
 	$(BIN)/python bench/adapt_defaults.py
+	$(BIN)/python bench/adapt_budget.py
+	$(BIN)/python bench/step_cost.py
 	$(BIN)/python bench/site_prior.py
 	$(BIN)/python bench/speed.py --repeats 1
 

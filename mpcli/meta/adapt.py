@@ -54,13 +54,16 @@ class AdaptConfig:
     0.30 dB (27.27 vs 26.97 dB), and MC is the loss the paper shows drifting
     towards zero-filling; so SSDU stays the default and MC is one flag away.
 
-    Budget (patience 4, 4 self-validation slices; was 8 and 8): on a 16-slice
-    256² T2-like sagittal volume the best step was 1 with either (9 vs 5 run),
-    same PSNR (+1.91 dB over the prior), 171 → 77 s on one core; 2 slices per
-    step instead of 4 halved the time again but lost 1.0 dB, so 4 stay.
-    The 4 slices are back-propagated one at a time (``chunk``, gradients
-    summed): one 256² 8-coil SSDU step peaks at 1.08 GB instead of 2.32 GB
-    (4 at once), in the same time on CPU.
+    Budget (``bench/adapt_budget.py``, 16-slice 256² T2-like sagittal volume):
+    patience 4 with 4 self-validation slices gives the same PSNR as the
+    previous 8/8 (+1.56 dB over the prior, best step 1 in both) in 30 s instead
+    of 90 s. The best step is often the first: one Adam step moves every weight
+    by ≈ lr·sign(g), so the result depends on the SSDU split drawn (±0.3 dB
+    between draws: back-propagating the 4 slices together, i.e. other draws,
+    gave +1.91 dB). 2 slices per step: −0.02 dB here but −1.0 dB in an earlier
+    run, so 4 stay. Slices are back-propagated one at a time (``chunk``,
+    gradients summed; ``bench/step_cost.py``): a 4-slice step peaks at 1.0 GB
+    instead of 2.3 GB, and is faster on CPU.
     """
 
     loss: str = "ssdu"
