@@ -8,8 +8,7 @@ a baseline run in the same process (median of ``--repeats``):
 - one SSDU adaptation step on 4 slices: as shipped vs with the unused forward
   pass on the full data that the inner step used to run (``needs_x_hat`` forced);
 - peak RSS and time of one SSDU adaptation step on 4 slices, each in a fresh
-  process started before this one does any work (Linux keeps ``ru_maxrss``
-  across exec): back-propagation group size ``chunk`` 4, 2, 1, and chunk 4 with
+  process (peak = VmHWM, which starts afresh at exec; median of ``--repeats``): back-propagation group size ``chunk`` 4, 2, 1, and chunk 4 with
   the old full-data forward pass.
 
     python bench/step_cost.py                 # ~2 min on 2 idle CPU cores
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -82,11 +80,11 @@ def child(args) -> None:
     """Run one adaptation step in this fresh process; print its peak RSS."""
     model, theta, _, _ = c.load_prior(args.prior, torch.device("cpu"))
     y, A = problem(4, args.size, line=True)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = c.peak_rss_mb()
     t0 = time.perf_counter()
     adapt_step(model, theta, y, A, abs(args.child), full_forward=args.child < 0)
     print(json.dumps({"seconds": time.perf_counter() - t0, "base_mb": base,
-                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_mb": c.peak_rss_mb()}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     device = c.setup(args)
     mem = {}
     for chunk in (-4, 4, 2, 1):  # negative: with the old full-data forward pass
-        out = subprocess.run([sys.executable, __file__, "--child", str(chunk), "--size", str(args.size),
-                              "--prior", args.prior, "--threads", str(torch.get_num_threads())],
-                             capture_output=True, text=True, check=True)
-        mem[chunk] = json.loads(out.stdout.strip().splitlines()[-1])
+        runs = []
+        for _ in range(args.repeats):
+            out = subprocess.run([sys.executable, __file__, "--child", str(chunk), "--size", str(args.size),
+                                  "--prior", args.prior, "--threads", str(torch.get_num_threads())],
+                                 capture_output=True, text=True, check=True)
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        mem[chunk] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     model, theta, sha, _ = c.load_prior(args.prior, device)
     rows = []
 
