@@ -63,7 +63,7 @@ class AdaptConfig:
     gave +1.91 dB). 2 slices per step: −0.02 dB here but −1.0 dB in an earlier
     run, so 4 stay. Slices are back-propagated one at a time (``chunk``,
     gradients summed; ``bench/step_cost.py``): a 4-slice step peaks at 1.0 GB
-    instead of 2.3 GB, and is faster on CPU.
+    instead of 1.9 GB, and is faster on CPU.
     """
 
     loss: str = "ssdu"

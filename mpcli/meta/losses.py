@@ -11,8 +11,8 @@ to the current parameters (losses that re-run the network use it), and ``x``
 ``[B, H, W]`` the ground truth (supervised losses only). Per-sample values are
 averaged over the batch. Losses that only re-run the network (ssdu, wssdu) set
 ``needs_x_hat = False``: callers may then pass ``x_hat=None`` and skip a
-forward pass (``bench/step_cost.py``: a 4-slice 256² SSDU step 7.6 → 5.6 s on one
-core; 4.1 → 2.3 GB peak when the 4 slices are back-propagated together).
+forward pass (``bench/step_cost.py``: a 4-slice 256² SSDU step back-propagated
+together peaks at 1.9 GB instead of 4.1 GB).
 
 Supervised (need ``x``):
     l2    ‖x̂ − x‖² / (H W)                       (mean squared error)
