@@ -100,21 +100,6 @@ def machine(device: torch.device) -> str:
             f"{load}, device {device}{gpu}")
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB: VmHWM (fresh at exec), else
-    ru_maxrss (which Linux carries over from the parent across exec)."""
-    import resource
-
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def load_prior(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Params, str, dict]:
     """(model, θ*, content SHA-256, network config) of a weight file (hash verified by ``load_model``)."""
     model, meta = load_model(path, device)

@@ -61,24 +61,15 @@ GPU_TARGETS = {"adapt_s": 30.0, "network_slices_per_s": 100.0}
 
 FASTMRI_SIZE = {"slices": 35, "coils": 15, "height": 640, "width": 368, "recon": (320, 320)}
 
-# Runs `python -m mpcli ARGS` and writes the child's own peak RSS (and GPU peak) as
-# JSON to $MPBENCH_REPORT at exit (atexit runs after the CLI's SystemExit). The peak
-# is VmHWM of /proc/self/status, which starts afresh at exec; ru_maxrss (the fallback
-# off Linux) keeps the parent's peak across exec on Linux and over-reports.
+# Runs `python -m mpcli ARGS` and writes the child's own peak RSS (bench/peak_rss.py, on
+# its PYTHONPATH) and GPU peak as JSON to $MPBENCH_REPORT at exit (atexit runs after the
+# CLI's SystemExit).
 WRAPPER = r"""
-import atexit, json, os, resource, runpy, sys, time
+import atexit, json, os, runpy, sys, time
+from peak_rss import peak_rss_mb
 _t0 = time.perf_counter()
-def _peak_mb():
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 def _report():
-    rec = {"maxrss_mb": _peak_mb(), "inside_s": time.perf_counter() - _t0}
+    rec = {"maxrss_mb": peak_rss_mb(), "inside_s": time.perf_counter() - _t0}
     torch = sys.modules.get("torch")
     try:
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -189,7 +180,8 @@ def write_volume(path: Path, slices: int, coils: int, height: int, width: int,
 def run_cli(args: list[str], workdir: Path, timeout: float | None = None) -> dict:
     """Run ``mp ARGS`` in a fresh process; wall seconds, exit code, its peak memory."""
     report = workdir / f"report_{time.monotonic_ns()}.json"
-    env = dict(os.environ, MPBENCH_REPORT=str(report), PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    path = os.pathsep.join([str(REPO), str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, MPBENCH_REPORT=str(report), PYTHONPATH=path)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", WRAPPER, *args], cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)

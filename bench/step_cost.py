@@ -31,6 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c  # bench/common.py
+from peak_rss import peak_rss_mb  # bench/peak_rss.py
 
 from mpcli.meta.inner import init_opt_state, inner_step
 from mpcli.physics.sense import sense
@@ -80,11 +81,11 @@ def child(args) -> None:
     """Run one adaptation step in this fresh process; print its peak RSS."""
     model, theta, _, _ = c.load_prior(args.prior, torch.device("cpu"))
     y, A = problem(4, args.size, line=True)
-    base = c.peak_rss_mb()
+    base = peak_rss_mb()
     t0 = time.perf_counter()
     adapt_step(model, theta, y, A, abs(args.child), full_forward=args.child < 0)
     print(json.dumps({"seconds": time.perf_counter() - t0, "base_mb": base,
-                      "peak_mb": c.peak_rss_mb()}))
+                      "peak_mb": peak_rss_mb()}))
 
 
 def main(argv: list[str] | None = None) -> int:
