@@ -19,7 +19,7 @@ tissue — 0.4 dB on the sample scan). With ``grid=64`` a 256² slice costs
 ~1/16 of the full computation (0.10 vs 2.1 s on CPU); on the real 230×180
 8-coil brain the maps agree with the full-grid ones to a mean per-pixel
 |Σ_c conj(S_full,c) S_c| of 0.999996 inside the object, and the supports to a
-Dice of 0.9983 (``tests/test_coils.py``).
+Dice of 0.9983 (``bench/coil_maps.py``; ``tests/test_coils.py`` bounds both).
 
 sigpy runs on NumPy, or on CuPy when the k-space is on a CUDA device and CuPy is
 installed (arrays shared with torch through DLPack, no copy).
