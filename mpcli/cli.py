@@ -20,11 +20,13 @@ from rich.console import Console
 from mpcli import __version__
 from mpcli.errors import (
     EXIT_CODES,
+    EXIT_INPUT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
     MpError,
+    printable,
 )
 
 _EXIT_TABLE = "\n\n".join(f"{code}  {text}" for code, text in EXIT_CODES.items())
@@ -45,11 +47,21 @@ console = Console()
 
 @contextmanager
 def _guard():
-    """Turn library errors into one line on stderr and the documented exit code."""
+    """Turn library errors into one line on stderr and the documented exit code.
+
+    Library warnings (numpy overflow on a malformed file, deprecations) are not
+    shown: every problem reaches the user as one ``mp: error:`` line instead.
+    ``MP_DEBUG=1`` shows them, and tracebacks.
+    """
+    import warnings
+
     try:
-        yield
+        with warnings.catch_warnings():
+            if not os.environ.get("MP_DEBUG"):
+                warnings.simplefilter("ignore")
+            yield
     except MpError as exc:
-        err.print(f"mp: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"mp: error: {printable(exc)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("mp: interrupted", markup=False)
@@ -59,7 +71,11 @@ def _guard():
     except Exception as exc:
         if os.environ.get("MP_DEBUG"):
             raise
-        msg = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+        if isinstance(exc, MemoryError):
+            err.print("mp: error: not enough memory (try fewer slices per batch or a smaller input)",
+                      markup=False, highlight=False)
+            raise typer.Exit(EXIT_INPUT) from None
+        msg = printable(" ".join(f"{exc.__class__.__name__}: {exc}".split()))[:300]
         err.print(f"mp: internal error: {msg} (set MP_DEBUG=1 for a traceback)", markup=False,
                   highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INTERNAL) from None
@@ -90,6 +106,13 @@ def _progress():
                     TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
 
 
+def _cell(value):
+    """A table cell shown as plain text: names are data, never rich markup."""
+    from rich.text import Text
+
+    return Text(printable(value))
+
+
 def _outcome_table(outcomes, title: str):
     from rich.table import Table
 
@@ -97,7 +120,7 @@ def _outcome_table(outcomes, title: str):
     for col in ("input", "status", "outputs", "seconds", "error"):
         table.add_column(col)
     for o in outcomes:
-        table.add_row(o.input.name, o.status, str(len(o.outputs)), f"{o.seconds:.1f}", o.error)
+        table.add_row(_cell(o.input.name), o.status, str(len(o.outputs)), f"{o.seconds:.1f}", _cell(o.error))
     return table
 
 
@@ -127,7 +150,7 @@ def reconstruct_cli(
     model: Path | None = typer.Option(None, help="Network weights for --method adapted (or meta)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     cs_lam: float = typer.Option(1e-3, help="L1-wavelet weight for --method cs (scale-normalised data)."),
-    batch: int = typer.Option(4, help="Slices per network batch (halved on GPU out-of-memory)."),
+    batch: int = typer.Option(4, min=1, help="Slices per network batch (halved on GPU out-of-memory)."),
     resume: bool = typer.Option(False, help="Skip inputs whose outputs and manifest already match."),
     overwrite: bool = typer.Option(False, help="Redo inputs whose outputs exist."),
     shard: str | None = typer.Option(None, help="i/n: only the i-th of n deterministic shards."),
@@ -148,7 +171,7 @@ def reconstruct_cli(
             select_shard,
         )
         from mpcli.device import resolve_device
-        from mpcli.errors import InputError
+        from mpcli.errors import UsageError
         from mpcli.reconstruct import (
             FORMATS,
             METHODS,
@@ -158,10 +181,11 @@ def reconstruct_cli(
         )
 
         if method not in METHODS:
-            raise InputError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+            raise UsageError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         bad = [f for f in formats if f not in FORMATS]
         if bad:
-            raise InputError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
+            raise UsageError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
+        parse_shard(shard)
         check_output_dir(out_dir, inputs)
         files = collect_inputs(inputs)
         stems = output_stems(files)
@@ -178,8 +202,8 @@ def reconstruct_cli(
         with _progress() as progress:
             task = progress.add_task(f"reconstruct ({method})", total=len(files))
             outcomes = run_batch(files, out_dir, process, model_sha256=model_sha,
-                                 options=options.manifest(), resume=resume, overwrite=overwrite,
-                                 stems=stems, on_file=lambda o: progress.advance(task))
+                                 options=options.manifest(), formats=options.formats, resume=resume,
+                                 overwrite=overwrite, stems=stems, on_file=lambda o: progress.advance(task))
         _report(outcomes, as_json, "mp reconstruct")
         raise typer.Exit(_batch_exit(outcomes))
 
@@ -188,11 +212,11 @@ def _load_network(method: str, model: Path | None, dev):
     """(module, sha256) for network methods, (None, None) otherwise."""
     if method not in ("meta", "adapted"):
         return None, None
-    from mpcli.errors import InputError
+    from mpcli.errors import UsageError
     from mpcli.io.weights import SHIPPED_PRIOR, load_model
 
     if method == "adapted" and model is None:
-        raise InputError(None, "--method adapted needs --model FILE (written by mp adapt --out)")
+        raise UsageError(None, "--method adapted needs --model FILE (written by mp adapt --out)")
     net, meta = load_model(model or SHIPPED_PRIOR, device=dev)
     return net, meta["sha256"]
 
@@ -204,7 +228,7 @@ def _report(outcomes, as_json: bool, title: str):
         console.print(_outcome_table(outcomes, title))
     for o in outcomes:
         if o.status == "failed":
-            err.print(f"mp: error: {o.error}", markup=False, highlight=False, soft_wrap=True)
+            err.print(f"mp: error: {printable(o.error)}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -260,7 +284,7 @@ def info_cli(
         for col in rows[0] if rows else ["file"]:
             table.add_column(col)
         for r in rows:
-            table.add_row(*(str(v) for v in r.values()))
+            table.add_row(*(_cell(v) for v in r.values()))
         console.print(table)
 
 
@@ -299,7 +323,7 @@ def adapt_cli(
         )
         from mpcli.deploy import adapt_files
         from mpcli.device import resolve_device
-        from mpcli.errors import InputError
+        from mpcli.errors import InputError, UsageError
         from mpcli.meta.adapt import AdaptConfig
         from mpcli.meta.losses import LOSSES, is_measurement_only
         from mpcli.reconstruct import (
@@ -310,10 +334,10 @@ def adapt_cli(
         )
 
         if loss not in LOSSES or not is_measurement_only(loss):
-            raise InputError(None, f"--loss must be a measurement-only loss (ssdu, wssdu, ei, mc), got {loss!r}")
+            raise UsageError(None, f"--loss must be a measurement-only loss (ssdu, wssdu, ei, mc), got {loss!r}")
         bad = [f for f in formats if f not in FORMATS]
         if bad:
-            raise InputError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
+            raise UsageError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
         inputs = list(kspace) + list(more or [])
         if recon is not None:
             check_output_dir(recon, inputs)
@@ -345,8 +369,8 @@ def adapt_cli(
                                      maps=maps.get((scan.sha256, scan.frame)))
                 return write_outputs(r, recon, stem, options)
 
-            outcomes = run_batch(files, recon, process, model_sha256=adapted.sha256,
-                                 options=options.manifest(), overwrite=overwrite, stems=output_stems(files))
+            outcomes = run_batch(files, recon, process, model_sha256=adapted.sha256, options=options.manifest(),
+                                 formats=options.formats, overwrite=overwrite, stems=output_stems(files))
         if plot is not None:
             from mpcli.report import loss_curve
 
@@ -375,7 +399,7 @@ def adapt_cli(
                 console.print(_outcome_table(outcomes, "reconstructions"))
         for o in outcomes:
             if o.status == "failed":
-                err.print(f"mp: error: {o.error}", markup=False, highlight=False, soft_wrap=True)
+                err.print(f"mp: error: {printable(o.error)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(_batch_exit(outcomes) if outcomes else EXIT_OK)
 
 

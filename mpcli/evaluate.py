@@ -16,6 +16,7 @@ square, 320 × 320, so this is the same as fastMRI's crop) and scored with
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -176,7 +177,16 @@ def evaluate(preds: list[Path], ref: Path) -> list[Result]:
     file (use :func:`evaluate_one` per file to keep going past failures).
     """
     ref_vol, _ = load_volume(ref)
+    check_reference(ref, ref_vol)
     return [evaluate_one(p, ref_vol, n) for p, n in zip(preds, labels(preds))]
+
+
+def check_reference(path: Path, ref: np.ndarray) -> None:
+    """``InputError`` when the reference has no positive value: the data range
+    (its maximum) is then zero and PSNR, NMSE and SSIM are undefined."""
+    if not float(ref.max()) > 0:
+        raise InputError(path, "reference image has no positive value (all zero?): PSNR, NMSE and SSIM "
+                         "are undefined against it")
 
 
 def figure_from_files(preds: list[Path], ref: Path, path: Path, results: list[Result] | None = None) -> Path:
@@ -216,5 +226,18 @@ def results_table(results: list[Result]):
 
 
 def results_json(results: list[Result]) -> str:
-    """JSON list of ``{name, nmse, psnr, ssim, shape}`` objects."""
-    return json.dumps([{**asdict(r), "shape": list(r.shape)} for r in results], indent=2)
+    """JSON list of ``{name, nmse, psnr, ssim, shape}`` objects (strict JSON).
+
+    A metric that is not finite (PSNR of a reconstruction identical to the
+    reference is +∞) is written as ``null`` with the reason in ``notes``.
+    """
+    rows = []
+    for r in results:
+        row = {**asdict(r), "shape": list(r.shape)}
+        notes = [f"{k} is {row[k]} (identical to the reference)" for k in ("nmse", "psnr", "ssim")
+                 if not math.isfinite(row[k])]
+        row.update({k: None for k in ("nmse", "psnr", "ssim") if not math.isfinite(row[k])})
+        if notes:
+            row["notes"] = "; ".join(notes)
+        rows.append(row)
+    return json.dumps(rows, indent=2, allow_nan=False)

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from mpcli import __version__
-from mpcli.errors import InputError
+from mpcli.errors import InputError, OutputError
+from mpcli.output_plan import OUTPUT_NAMES
 from mpcli.scan import Scan, center_crop
 
 CLASSICAL = ("zero-filled", "sense", "cs")
 NETWORK = ("meta", "adapted")
 METHODS = CLASSICAL + NETWORK
-FORMATS = ("h5", "nifti", "dicom")
+FORMATS = tuple(OUTPUT_NAMES)
 
 
 @dataclass(frozen=True)
@@ -117,28 +118,44 @@ def provenance(recon: Recon) -> dict:
 
 def output_paths(out_dir: Path, stem: str, formats: tuple[str, ...]) -> dict[str, Path]:
     """Where each format of volume ``stem`` goes."""
-    names = {"h5": f"{stem}.h5", "nifti": f"{stem}.nii.gz", "dicom": f"{stem}_dicom"}
-    return {fmt: out_dir / names[fmt] for fmt in formats}
+    return {fmt: out_dir / OUTPUT_NAMES[fmt].format(stem) for fmt in formats}
 
 
 def write_outputs(recon: Recon, out_dir: Path, stem: str, options: ReconOptions) -> list[Path]:
     """Write ``recon`` in every requested format; each write is atomic."""
     from mpcli.io.dicom import write_dicom_series
     from mpcli.io.fastmri import write_reconstruction
+    from mpcli.io.ismrmrd import one_line
     from mpcli.io.nifti import write_nifti
 
-    prov = provenance(recon)
     scan = recon.scan
+    check_finite_image(recon)
+    prov = provenance(recon)
     full = tuple(scan.kspace.shape[-2:])
     geometry = scan.geometry.cropped(full, recon.image.shape[-2:])
     written = []
     for fmt, path in output_paths(out_dir, stem, options.formats).items():
-        if fmt == "h5":
-            write_reconstruction(path, recon.image, prov)
-        elif fmt == "nifti":
-            write_nifti(path, recon.image, geometry, description=f"mp {__version__} {recon.method}")
-        else:
-            write_dicom_series(path, recon.image, geometry, identity=scan.identity,
-                               protocol=scan.protocol, provenance=prov, anonymize=options.anonymize)
+        try:
+            if fmt == "h5":
+                write_reconstruction(path, recon.image, prov)
+            elif fmt == "nifti":
+                write_nifti(path, recon.image, geometry, description=f"mp {__version__} {recon.method}")
+            else:
+                write_dicom_series(path, recon.image, geometry, identity=scan.identity,
+                                   protocol=scan.protocol, provenance=prov, anonymize=options.anonymize)
+        except OSError as err:  # disk full, file too large, I/O error: the output's fault, not the input's
+            raise OutputError(path, f"cannot write ({err.strerror or one_line(err)})") from None
         written.append(path)
     return written
+
+
+def check_finite_image(recon: Recon) -> None:
+    """``InputError`` when the image holds NaN or Inf: nothing is written then.
+
+    Happens when k-space values are so large that their squares overflow
+    float32 (beyond ~1e19), which no scanner produces.
+    """
+    if not np.isfinite(recon.image).all():
+        peak = float(recon.scan.kspace.abs().max())
+        raise InputError(recon.scan.source, f"the {recon.method} reconstruction is not finite (NaN/Inf); "
+                         f"k-space magnitude reaches {peak:.3g}, out of range for float32 arithmetic")

@@ -17,7 +17,10 @@ Conventions (see ``DESIGN.md``):
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +28,9 @@ import numpy as np
 import torch
 
 Vec3 = tuple[float, float, float]
+
+KSPACE_SUFFIXES = (".h5", ".hdf5", ".mrd")
+"""File suffixes collected from input folders (the content decides the format)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,7 @@ class Scan:
     def name(self) -> str:
         """A file-name stem for outputs (input stem, plus the frame suffix)."""
         stem = self.source.name
-        for suffix in (".h5", ".hdf5", ".mrd"):
+        for suffix in KSPACE_SUFFIXES:
             if stem.lower().endswith(suffix):
                 stem = stem[: -len(suffix)]
                 break
@@ -159,12 +165,42 @@ class Scan:
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file's bytes (read in chunks, read-only)."""
+    """SHA-256 hex digest of a regular file's bytes (read in chunks, read-only).
+
+    The file is opened without blocking and checked to be a regular file before
+    anything is read, so a FIFO or a device (``/dev/zero``) is refused at once
+    instead of hashing forever. Raises ``InputError`` (one line) when the path
+    cannot be opened or read or is not a regular file.
+    """
+    from mpcli.errors import InputError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise InputError(path, _open_error(path, err)) from None
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError(path, "is a folder, expected a k-space file")
+        if not stat.S_ISREG(mode):
+            raise InputError(path, "not a regular file (a FIFO, device or socket cannot be read as k-space)")
+        try:
+            while block := f.read(chunk):
+                h.update(block)
+        except OSError as err:
+            raise InputError(path, f"cannot read ({err.strerror or err})") from None
     return h.hexdigest()
+
+
+def _open_error(path: str | Path, err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if err.errno == errno.ENOENT and os.path.islink(path):
+        return "broken symbolic link (its target does not exist)"
+    if err.errno == errno.ENOENT:
+        return "no such file"
+    return f"cannot open ({err.strerror or err})"
 
 
 def mask_from_kspace(kspace: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mpcli.batch import check_output_dir, collect_inputs, output_stems, parse_shard, select_shard
-from mpcli.errors import InputError, OutputError
+from mpcli.errors import InputError, OutputError, UsageError
 
 
 def _touch(p: Path) -> Path:
@@ -46,9 +46,10 @@ def test_shards_partition_the_inputs(n, tmp_path):
 
 
 @pytest.mark.parametrize("spec", ["1", "a/b", "3/3", "-1/2"])
-def test_bad_shard_spec_is_input_error(spec):
-    with pytest.raises(InputError):
+def test_bad_shard_spec_is_usage_error(spec):
+    with pytest.raises(UsageError) as info:
         parse_shard(spec)
+    assert info.value.exit_code == 2
 
 
 def test_output_inside_input_folder_is_refused(tmp_path):

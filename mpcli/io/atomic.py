@@ -11,9 +11,10 @@ untouched.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +24,48 @@ from mpcli.errors import OutputError
 def _temp_sibling(final: Path, tag: str) -> Path:
     """Hidden sibling name ``.{name}.{tag}-{pid}-{rand}`` in ``final``'s folder."""
     return final.parent / f".{final.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # exists but is not ours (or an impossible pid: treat as stale below)
+    return True
+
+
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}")
+
+
+def remove_stale_temps(folder: Path, names: Iterable[str]) -> list[Path]:
+    """Remove the temporaries a killed ``mp`` left for ``names`` in ``folder``; return them.
+
+    Only names of this module's own pattern (``.{name}.tmp-{pid}-{hex8}`` and
+    ``.{name}.old-{pid}-{hex8}``, see :func:`_temp_sibling`) for one of
+    ``names``, whose process no longer runs, are touched: a concurrent ``mp``
+    writing the same folder (another shard) keeps its own.
+    """
+    wanted = set(names)
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMP_NAME.fullmatch(p.name)
+        if m is None or m["name"] not in wanted:
+            continue
+        pid = int(m["pid"])
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def _fsync_path(path: Path) -> None:
@@ -163,10 +206,10 @@ def check_output_path(out: str | Path, inputs: list[str | Path], *, container: b
         container: True when ``out`` is a folder that outputs are written
             *into* (never replaced as a whole), so inputs may live in it.
     """
-    out_r = Path(out).expanduser().resolve(strict=False)
+    out_r = Path(os.path.realpath(Path(out).expanduser()))  # never raises, even on link loops
     for inp in inputs:
         inp_p = Path(inp).expanduser()
-        inp_r = inp_p.resolve(strict=False)
+        inp_r = Path(os.path.realpath(inp_p))
         same = out_r == inp_r
         if not same and out_r.exists() and inp_r.exists():
             try:

@@ -20,7 +20,10 @@ the phase-encode size only has to hold the header's lines.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -40,6 +43,7 @@ from mpcli.io.ismrmrd import (
     parse_header,
     remove_readout_oversampling,
 )
+from mpcli.memory import check_fits
 from mpcli.physics.fft import ifft2c
 from mpcli.scan import Geometry, Scan, file_sha256, mask_from_kspace
 
@@ -96,10 +100,18 @@ def read_fastmri(path: str | Path) -> list[Scan]:
                 raise InputError(path, f"kspace has rank {ds.ndim} {tuple(ds.shape)}; need [S, C, H, W]")
             if not np.issubdtype(ds.dtype, np.complexfloating):
                 raise InputError(path, f"kspace is {ds.dtype}, need complex")
+            n = int(np.prod(ds.shape, dtype=np.float64))
+            check_fits(path, n * (ds.dtype.itemsize + 3 * 8), "kspace " + "×".join(map(str, ds.shape)))
             kspace = ds[...].astype(np.complex64)  # [S, C, H, W]
             xml = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
+            _, _, hh, w = ds.shape
+            if "mask" in f and f["mask"].shape not in ((w,), (hh, w)):
+                raise InputError(path, f"mask shape {f['mask'].shape} does not match kspace {hh}×{w} "
+                                 "(need [W] or [H, W])")
             stored_mask = f["mask"][...] if "mask" in f else None
-            reference = f["reconstruction_rss"][...].astype(np.float32) if "reconstruction_rss" in f else None
+            ref = f.get("reconstruction_rss")
+            reference = (ref[...].astype(np.float32) if isinstance(ref, h5py.Dataset) and ref.ndim == 3
+                         and ref.shape[0] == ds.shape[0] and ref.shape[1] <= hh and ref.shape[2] <= w else None)
             attrs = {k: f.attrs[k] for k in f.attrs}
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise InputError(path, f"cannot read fastMRI data: {one_line(err)}") from None
@@ -222,7 +234,7 @@ def write_fastmri(
     ref = None if reference is None else _numpy(reference).astype(np.float32)
     vol = ref if ref is not None else _rss(k)
     extra = dict(attrs or {})
-    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
+    with _hdf5_file(path) as f:
         f.create_dataset("kspace", data=k, compression=compression,
                          chunks=(1, *k.shape[1:]) if compression else None)
         f.create_dataset("ismrmrd_header", data=np.bytes_(header_xml.encode()))
@@ -241,6 +253,22 @@ def write_fastmri(
     return path
 
 
+@contextmanager
+def _hdf5_file(path: Path) -> Iterator[h5py.File]:
+    """An HDF5 file built in memory, then written to ``path`` atomically.
+
+    The HDF5 library never writes to disk itself: a full disk or a file-size
+    limit surfaces as one ``OSError`` from a plain write (the caller names the
+    output), never as an HDF5 error on close (which h5py reports from a
+    destructor, on stderr, and may crash on).
+    """
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        yield f
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
+
+
 def write_reconstruction(path: str | Path, image, attrs: dict | None = None) -> Path:
     """Write a fastMRI-style output: dataset ``reconstruction`` ``[S, H, W]`` float32.
 
@@ -249,7 +277,7 @@ def write_reconstruction(path: str | Path, image, attrs: dict | None = None) -> 
     """
     path = Path(path)
     img = _numpy(image).astype(np.float32)  # [S, H, W]
-    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
+    with _hdf5_file(path) as f:
         f.create_dataset("reconstruction", data=img)
         _write_attrs(f, attrs or {})
     return path

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mpcli.errors import InputError
+from mpcli.memory import check_fits
 from mpcli.physics.fft import fft1c, ifft1c
 from mpcli.scan import Geometry, Scan, file_sha256
 
@@ -185,12 +186,17 @@ def header_protocol(hdr) -> dict[str, object]:
 
 
 def header_voxel_size(hdr) -> tuple[float, float, float]:
-    """(dr, dp, thickness) mm = recon FOV / recon matrix; thickness = recon FOV z."""
+    """(dr, dp, thickness) mm = recon FOV / recon matrix; thickness = recon FOV z.
+
+    A zero (absent) FOV gives 1 mm; any other value is passed on as it is, so
+    :func:`mpcli.io.readers.validate_geometry` refuses NaN or negative sizes.
+    """
     rs = hdr.encoding[0].reconSpace
     m, fov = rs.matrixSize, rs.fieldOfView_mm
-    dr = fov.x / m.x if m.x and fov.x > 0 else 1.0
-    dp = fov.y / m.y if m.y and fov.y > 0 else 1.0
-    dz = fov.z if fov.z > 0 else 1.0
+    # an absent (zero) FOV means 1 mm; NaN or a negative FOV is kept, for validation to refuse
+    dr = fov.x / m.x if m.x and fov.x != 0 else 1.0
+    dp = fov.y / m.y if m.y and fov.y != 0 else 1.0
+    dz = fov.z if fov.z != 0 else 1.0
     return (float(dr), float(dp), float(dz))
 
 
@@ -352,6 +358,42 @@ def _frame_names(keys: list[tuple[int, int, int, int]]) -> dict[tuple, str]:
     return names
 
 
+def _has_flag(head: np.ndarray, flag: int) -> np.ndarray:
+    return (head["flags"].astype(np.uint64) & np.uint64(flag_bit(flag))) != 0
+
+
+def _imaging(path: Path, head: np.ndarray) -> np.ndarray:
+    """Which acquisitions are imaging lines (not noise, navigators, calibration…)."""
+    skip = np.uint64(sum(flag_bit(b) for b in SKIPPED_FLAGS))
+    keep = (head["flags"].astype(np.uint64) & skip) == 0
+    if not keep.any():
+        raise InputError(path, "ISMRMRD file has no imaging acquisitions (only noise/navigator lines)")
+    return keep
+
+
+def _frame_keys(idx: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Per-line (repetition, contrast, phase, set) ``[N, 4]`` and the sorted distinct keys."""
+    frame_of = np.stack([idx["repetition"], idx["contrast"], idx["phase"], idx["set"]], axis=1).astype(np.int64)
+    return frame_of, sorted({tuple(int(v) for v in k) for k in frame_of})
+
+
+def list_ismrmrd_frames(path: str | Path) -> list[str]:
+    """Frame names of an ISMRMRD file from its acquisition headers only (no samples read)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            group = find_ismrmrd_group(f)
+            if group is None:
+                raise InputError(path, "no ISMRMRD 'dataset/data' and 'dataset/xml' in this HDF5 file")
+            head = f[group]["data"].fields("head")[...]
+    except (OSError, KeyError, ValueError, IndexError, TypeError) as err:
+        raise InputError(path, f"cannot read ISMRMRD data: {one_line(err)}") from None
+    if head.size == 0:
+        raise InputError(path, "ISMRMRD file has no acquisitions")
+    _, keys = _frame_keys(head[_imaging(path, head)]["idx"])
+    return [_frame_names(keys)[k] for k in keys]
+
+
 def read_ismrmrd(path: str | Path) -> list[Scan]:
     """Read a Cartesian 2-D ISMRMRD file: one ``Scan`` per frame (see module doc).
 
@@ -366,7 +408,9 @@ def read_ismrmrd(path: str | Path) -> list[Scan]:
             if group is None:
                 raise InputError(path, "no ISMRMRD 'dataset/data' and 'dataset/xml' in this HDF5 file")
             xml = f[group]["xml"][0]
-            acqs = f[group]["data"][...]  # structured [N]: head, traj, data
+            data = f[group]["data"]
+            check_fits(path, 3 * data.id.get_storage_size(), "the acquisitions")
+            acqs = data[...]  # structured [N]: head, traj, data
     except (OSError, KeyError, ValueError, IndexError) as err:
         raise InputError(path, f"cannot read ISMRMRD data: {one_line(err)}") from None
     hdr = parse_header(path, xml)
@@ -381,12 +425,8 @@ def _scans_from_acquisitions(path: Path, hdr, acqs: np.ndarray) -> list[Scan]:
     if acqs.size == 0:
         raise InputError(path, "ISMRMRD file has no acquisitions")
     head = acqs["head"]
-    flags = head["flags"].astype(np.uint64)
-    skip = np.uint64(sum(flag_bit(b) for b in SKIPPED_FLAGS))
-    is_noise = (flags & np.uint64(flag_bit(ACQ_IS_NOISE_MEASUREMENT))) != 0
-    keep = (flags & skip) == 0
-    if not keep.any():
-        raise InputError(path, "ISMRMRD file has no imaging acquisitions (only noise/navigator lines)")
+    is_noise = _has_flag(head, ACQ_IS_NOISE_MEASUREMENT)
+    keep = _imaging(path, head)
     h = head[keep]
     if (h["trajectory_dimensions"] > 0).any():
         raise InputError(path, "non-Cartesian trajectory (acquisitions carry k-space coordinates) is not supported")
@@ -446,12 +486,12 @@ def _scans_from_acquisitions(path: Path, hdr, acqs: np.ndarray) -> list[Scan]:
     ky = idx["kspace_encode_step_1"].astype(np.int64) + shift
     if (ky < 0).any() or (ky >= ny).any():
         raise InputError(path, f"header/data mismatch: phase-encode index outside the encoded matrix y = {ny}")
-    slc = idx["slice"].astype(np.int64)
-    n_slices = int(slc.max()) + 1
-    frame_of = np.stack([idx["repetition"], idx["contrast"], idx["phase"], idx["set"]], axis=1).astype(np.int64)
-
-    keys = sorted({tuple(int(v) for v in k) for k in frame_of})
+    slice_index, slc = np.unique(idx["slice"].astype(np.int64), return_inverse=True)  # acquired slices only
+    n_slices = len(slice_index)
+    frame_of, keys = _frame_keys(idx)
     names = _frame_names(keys)
+    check_fits(path, len(keys) * n_slices * nc * nx * ny * 8 * 4, f"k-space of {len(keys)} frame(s) × "
+               f"{n_slices} slices × {nc} coils × {nx}×{ny}")
     geometry = _geometry(hdr, h, slc, n_slices)
     sha = file_sha256(path)
     rx, ry = int(rm.x), int(rm.y)
@@ -532,7 +572,7 @@ def mask_4d(mask, shape: tuple[int, int, int, int]) -> np.ndarray:
         m = m[None, None, None, :]
     elif m.ndim == 2:
         m = m[None, None]
-    return np.ascontiguousarray(np.broadcast_to(m, (s, 1, hh, w)), dtype=np.float32)
+    return np.array(np.broadcast_to(m, (s, 1, hh, w)), dtype=np.float32)  # a writable copy
 
 
 def oversample_readout(k: np.ndarray, factor: int) -> np.ndarray:

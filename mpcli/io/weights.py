@@ -181,13 +181,16 @@ def load_model(path: str | Path = SHIPPED_PRIOR, device: str | torch.device = "c
     from mpcli.recon.network import ARCH_VERSION, build_network
 
     state, meta = load_weights(path)
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelError(path, f"weights hold NaN or infinite values ({name})")
     version = meta.get("arch_version")
     if version != ARCH_VERSION:
         raise ModelError(path, f"architecture version {version} in the file, this mp needs "
                          f"{ARCH_VERSION}: use weights made by a matching mp version")
     try:
         model = build_network(meta["config"])
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError, MemoryError) as err:
         raise ModelError(path, f"cannot build the network from its metadata: {err}") from None
     try:
         model.load_state_dict(state, strict=True)

@@ -253,20 +253,61 @@ def default_config(arch: str) -> dict:
     return dict(_DEFAULTS[arch])
 
 
+CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
+    "layers": (1, 100), "iters": (1, 100), "cg_iters": (1, 100),
+    "filters": (1, 512), "features": (1, 512), "depth": (2, 32),
+}
+"""Allowed range of each integer hyper-parameter (a weight file's metadata is untrusted)."""
+REAL_BOUND = 1e4
+"""Real hyper-parameters (steps, thresholds, μ) must be finite with 0 < value ≤ this."""
+MAX_PARAMETERS = 50_000_000
+"""At most 200 MB of float32 weights."""
+
+
+def check_config(config: dict) -> None:
+    """``ValueError`` unless every hyper-parameter is of its type and within bounds.
+
+    A weight file's ``config`` decides loop counts and tensor sizes: an
+    unchecked ``iters = 1e9`` would run for days and ``features = -1`` would
+    crash, so every field is checked before anything is built.
+    """
+    for key, value in config.items():
+        if key == "arch":
+            continue
+        if key == "shared":
+            if not isinstance(value, bool):
+                raise ValueError(f"'shared' must be true or false, got {value!r}")
+        elif key in CONFIG_BOUNDS:
+            lo, hi = CONFIG_BOUNDS[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"'{key}' must be an integer in [{lo}, {hi}], got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or not 0 < value <= REAL_BOUND:
+            raise ValueError(f"'{key}' must be a finite number in (0, {REAL_BOUND:g}], got {value!r}")
+
+
 def build_network(config: dict) -> nn.Module:
     """Build the network described by ``config`` = {"arch": ..., hyper-parameters}.
 
     Missing hyper-parameters take the architecture defaults; unknown keys raise
     ``ValueError`` (a weight file from another code version must not load
-    silently into a different network).
+    silently into a different network), as do values out of bounds
+    (:func:`check_config`) and networks of more than :data:`MAX_PARAMETERS`.
     """
+    if not isinstance(config, dict):
+        raise ValueError(f"network configuration must be a table, got {type(config).__name__}")
     cfg = dict(config)
     arch = cfg.pop("arch", None)
-    if arch not in _ARCHS:
+    if not isinstance(arch, str) or arch not in _ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(_ARCHS)}")
     kwargs = {k: v for k, v in default_config(arch).items() if k != "arch"}
     kwargs.update(cfg)
+    check_config(kwargs)
     try:
+        with torch.device("meta"):  # count the parameters before allocating them
+            n = sum(p.numel() for p in _ARCHS[arch](**kwargs).parameters())
+        if n > MAX_PARAMETERS:
+            raise ValueError(f"{arch} with {n} parameters exceeds the limit of {MAX_PARAMETERS}")
         return _ARCHS[arch](**kwargs)
     except TypeError as err:
         raise ValueError(f"bad configuration for {arch}: {err}") from None
