@@ -171,7 +171,7 @@ def reconstruct_cli(
             select_shard,
         )
         from mpcli.device import resolve_device
-        from mpcli.errors import UsageError
+        from mpcli.errors import InputError, UsageError
         from mpcli.reconstruct import (
             FORMATS,
             METHODS,
@@ -188,6 +188,8 @@ def reconstruct_cli(
         parse_shard(shard)
         check_output_dir(out_dir, inputs)
         files = collect_inputs(inputs)
+        if not files:
+            raise InputError(None, "no k-space files (.h5, .hdf5, .mrd) found in the given folders")
         stems = output_stems(files)
         files = select_shard(files, parse_shard(shard))
         dev = resolve_device(device)

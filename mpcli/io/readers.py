@@ -145,7 +145,8 @@ def validate_geometry(path: str | Path, g: Geometry, n_slices: int) -> None:
 
     Voxel sizes finite and within :data:`VOXEL_MM`; read, phase and slice
     directions finite unit vectors (to 1e-3), read ⟂ phase; one finite slice
-    centre per slice within :data:`MAX_POSITION_MM` of the isocentre.
+    centre per slice within :data:`MAX_POSITION_MM` of the isocentre, and the
+    centres a monotonic stack: each step mostly along the slice normal.
     """
     lo, hi = VOXEL_MM
     voxel = np.asarray(g.voxel_size, dtype=np.float64)
@@ -164,6 +165,13 @@ def validate_geometry(path: str | Path, g: Geometry, n_slices: int) -> None:
         raise InputError(path, f"geometry has {len(g.slice_centres)} slice positions for {n_slices} slices")
     if not np.isfinite(centres).all() or (np.abs(centres) > MAX_POSITION_MM).any():
         raise InputError(path, f"implausible slice position (beyond {MAX_POSITION_MM:g} mm or not finite)")
+    if n_slices >= 2:
+        along = np.diff(centres, axis=0) @ np.asarray(g.slice_dir, dtype=np.float64)  # [S−1] mm
+        steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+        if not ((np.abs(along) > 1e-3) & (np.abs(along) >= 0.5 * steps)).all() or \
+                not ((along > 0).all() or (along < 0).all()):
+            raise InputError(path, "slice positions do not form a stack along the slice normal "
+                             "(repeated, unordered or in-plane positions)")
 
 
 def read_scans(path: str | Path) -> list[Scan]:
