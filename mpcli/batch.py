@@ -311,10 +311,7 @@ def _process_file(f: Path, out_dir: Path, plan: OutputPlan, process: Process, mo
     owned = owned_names(out_dir, existing) | ({manifest.name} if existing is not None else set())
     before = {name: _signature(out_dir / name) for name in plan.names[f]}
     if not overwrite:
-        for name, sig in before.items():
-            if sig is not None and name not in owned:
-                raise OutputError(out_dir / name, "exists and was not written by mp (no manifest records "
-                                  "it); move it away or use --overwrite to replace it")
+        _refuse_unowned(out_dir, [name for name, sig in before.items() if sig is not None], owned)
     scans = read_scans(f)  # everything is read before anything is written
     if [s.frame for s in scans] != plan.frames[f]:
         raise InputError(f, "the file changed while the batch was running (its frames differ)")
@@ -329,6 +326,31 @@ def _process_file(f: Path, out_dir: Path, plan: OutputPlan, process: Process, mo
                  if name in owned or sig != _signature(out_dir / name)])
         raise
     return Outcome(f, stem, "done", written)
+
+
+def _refuse_unowned(out_dir: Path, present: list[str], owned: set[str]) -> None:
+    for name in present:
+        if name not in owned:
+            raise OutputError(out_dir / name, "exists and was not written by mp (no manifest records it); "
+                              "move it away or use --overwrite to replace it")
+
+
+def preflight(files: list[Path], out_dir: Path, plan: OutputPlan, *, overwrite: bool) -> None:
+    """Raise the first :class:`OutputError` :func:`run_batch` would meet, before any work.
+
+    For commands that spend minutes before they write (``mp adapt --recon``):
+    a name collision, an existing manifest (without ``overwrite``) or a file
+    ``mp`` did not write is reported at once.
+    """
+    for f in files:
+        if f in plan.conflicts:
+            raise OutputError(f, plan.conflicts[f])
+        if overwrite:
+            continue
+        manifest = manifest_path(out_dir, plan.stems[f])
+        if read_manifest(manifest) is not None:
+            raise OutputError(manifest, "outputs exist; use --overwrite to replace them")
+        _refuse_unowned(out_dir, [n for n in plan.names[f] if _signature(out_dir / n) is not None], set())
 
 
 def _signature(path: Path) -> tuple | None:

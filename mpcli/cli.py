@@ -321,6 +321,7 @@ def adapt_cli(
             check_output_dir,
             collect_inputs,
             output_stems,
+            preflight,
             run_batch,
         )
         from mpcli.deploy import adapt_files
@@ -346,6 +347,12 @@ def adapt_cli(
         files = collect_inputs(inputs)
         if not files:
             raise InputError(None, "no k-space files found in the given paths")
+        if recon is not None:  # refuse output clashes now, not after minutes of adaptation
+            from mpcli.io.readers import list_frames
+            from mpcli.output_plan import plan_outputs
+
+            preflight(files, recon, plan_outputs(files, output_stems(files), tuple(formats), list_frames),
+                      overwrite=overwrite)
         weights = out or ((recon / "adapted.safetensors") if recon else Path("adapted.safetensors"))
         dev = resolve_device(device)
         torch.manual_seed(seed)

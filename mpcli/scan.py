@@ -164,13 +164,12 @@ class Scan:
         return f"{stem}_{self.frame}" if self.frame else stem
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a regular file's bytes (read in chunks, read-only).
+def open_regular(path: str | Path):
+    """Open a regular file for reading (binary), refusing anything else at once.
 
-    The file is opened without blocking and checked to be a regular file before
-    anything is read, so a FIFO or a device (``/dev/zero``) is refused at once
-    instead of hashing forever. Raises ``InputError`` (one line) when the path
-    cannot be opened or read or is not a regular file.
+    The file is opened without blocking and checked with ``fstat`` before a
+    byte is read, so a FIFO or a device (``/dev/zero``) is refused instead of
+    blocking or reading forever. Raises ``InputError`` (one line).
     """
     from mpcli.errors import InputError
 
@@ -178,13 +177,39 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as err:
         raise InputError(path, _open_error(path, err)) from None
-    h = hashlib.sha256()
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
         if stat.S_ISDIR(mode):
-            raise InputError(path, "is a folder, expected a k-space file")
-        if not stat.S_ISREG(mode):
-            raise InputError(path, "not a regular file (a FIFO, device or socket cannot be read as k-space)")
+            raise InputError(path, "is a folder, expected a file")
+        raise InputError(path, "not a regular file (a FIFO, device or socket cannot be read)")
+    return os.fdopen(fd, "rb")
+
+
+def read_small_file(path: str | Path, limit: int = 1 << 20) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (configs, headers)."""
+    from mpcli.errors import InputError
+
+    with open_regular(path) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as err:
+            raise InputError(path, f"cannot read ({err.strerror or err})") from None
+    if len(data) > limit:
+        raise InputError(path, f"larger than {limit} bytes; not a configuration file")
+    return data
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a regular file's bytes (read in chunks, read-only).
+
+    Raises ``InputError`` (one line) when the path cannot be opened or read or
+    is not a regular file (see :func:`open_regular`).
+    """
+    from mpcli.errors import InputError
+
+    h = hashlib.sha256()
+    with open_regular(path) as f:
         try:
             while block := f.read(chunk):
                 h.update(block)

@@ -546,3 +546,24 @@ def test_real_poisson_brain_with_its_2d_mask_reads_and_reconstructs(tmp_path):
     assert mp("info", path).exit_code == 0
     res = mp("reconstruct", path, "--out", tmp_path / "out", "--method", "zero-filled", "--format", "h5")
     assert res.exit_code == 0, res.output
+
+
+def test_adapt_refuses_output_clashes_before_adapting(scan_file, tmp_path):
+    recon = tmp_path / "recon"
+    recon.mkdir()
+    (recon / "scan.h5").write_bytes(b"the user's own file")
+    res = mp("adapt", "--kspace", scan_file, "--recon", recon, "--format", "h5", "--steps", "1")
+    assert res.exit_code == EXIT_OUTPUT, res.output
+    assert "was not written by mp" in res.stderr and len(_lines(res.stderr)) == 1
+    assert sorted(p.name for p in recon.iterdir()) == ["scan.h5"]  # no adapted weights either
+    assert (recon / "scan.h5").read_bytes() == b"the user's own file"
+
+
+@pytest.mark.parametrize("option", ["--config"])
+def test_device_as_config_is_refused_at_once(tmp_path, option):
+    os.mkfifo(tmp_path / "fifo.toml")
+    for path in ("/dev/zero", tmp_path / "fifo.toml"):
+        proc = subprocess.run([sys.executable, "-m", "mpcli", "meta-train", option, str(path), "--out",
+                               str(tmp_path / "p.safetensors"), "--steps", "1"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == EXIT_INPUT and "not a regular file" in proc.stderr, proc.stderr

@@ -121,11 +121,12 @@ class MetaTrainConfig:
         """Read a TOML file: top-level options, ``[network]``, ``[tasks]``, ``[*_loss_kw]``
         tables (an optional ``[meta]`` table may hold the top-level options)."""
         path = Path(path)
+        from mpcli.scan import read_small_file
+
         try:
-            with open(path, "rb") as fh:
-                d = tomllib.load(fh)
-        except OSError as err:
-            raise InputError(path, f"cannot read: {err.strerror}") from None
+            d = tomllib.loads(read_small_file(path).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(path, "not valid TOML: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as err:
             raise InputError(path, f"not valid TOML: {err}") from None
         d = {**d.pop("meta", {}), **d}
