@@ -23,6 +23,8 @@ when those vary); frame names ``rep1``, ``c0_rep2``… only name counters that v
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -377,17 +379,24 @@ def _frame_keys(idx: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, 
     return frame_of, sorted({tuple(int(v) for v in k) for k in frame_of})
 
 
-def list_ismrmrd_frames(path: str | Path) -> list[str]:
-    """Frame names of an ISMRMRD file from its acquisition headers only (no samples read)."""
-    path = Path(path)
+@contextmanager
+def _ismrmrd_group(path: Path) -> Iterator[h5py.Group]:
+    """The ISMRMRD group of an open file; HDF5 read failures become ``InputError``."""
     try:
         with h5py.File(path, "r") as f:
             group = find_ismrmrd_group(f)
             if group is None:
                 raise InputError(path, "no ISMRMRD 'dataset/data' and 'dataset/xml' in this HDF5 file")
-            head = f[group]["data"].fields("head")[...]
+            yield f[group]
     except (OSError, KeyError, ValueError, IndexError, TypeError) as err:
         raise InputError(path, f"cannot read ISMRMRD data: {one_line(err)}") from None
+
+
+def list_ismrmrd_frames(path: str | Path) -> list[str]:
+    """Frame names of an ISMRMRD file from its acquisition headers only (no samples read)."""
+    path = Path(path)
+    with _ismrmrd_group(path) as group:
+        head = group["data"].fields("head")[...]
     if head.size == 0:
         raise InputError(path, "ISMRMRD file has no acquisitions")
     _, keys = _frame_keys(head[_imaging(path, head)]["idx"])
@@ -402,17 +411,11 @@ def read_ismrmrd(path: str | Path) -> list[Scan]:
     :func:`mpcli.io.readers.read_scans`.
     """
     path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            group = find_ismrmrd_group(f)
-            if group is None:
-                raise InputError(path, "no ISMRMRD 'dataset/data' and 'dataset/xml' in this HDF5 file")
-            xml = f[group]["xml"][0]
-            data = f[group]["data"]
-            check_fits(path, 3 * data.id.get_storage_size(), "the acquisitions")
-            acqs = data[...]  # structured [N]: head, traj, data
-    except (OSError, KeyError, ValueError, IndexError) as err:
-        raise InputError(path, f"cannot read ISMRMRD data: {one_line(err)}") from None
+    with _ismrmrd_group(path) as group:
+        xml = group["xml"][0]
+        data = group["data"]
+        check_fits(path, 3 * data.id.get_storage_size(), "the acquisitions")
+        acqs = data[...]  # structured [N]: head, traj, data
     hdr = parse_header(path, xml)
     return _scans_from_acquisitions(path, hdr, acqs)
 
