@@ -29,7 +29,7 @@ import torch
 
 Vec3 = tuple[float, float, float]
 
-KSPACE_SUFFIXES = (".h5", ".hdf5", ".mrd")
+KSPACE_SUFFIXES = (".h5", ".hdf5", ".mrd", ".dat")  # .dat: Siemens twix
 """File suffixes collected from input folders (the content decides the format)."""
 
 
@@ -119,7 +119,7 @@ class Scan:
         geometry: where the image voxels are (see :class:`Geometry`).
         source: the input file.
         sha256: SHA-256 of the input file's bytes.
-        format: ``"fastmri"`` or ``"ismrmrd"``.
+        format: ``"fastmri"``, ``"ismrmrd"`` or ``"twix"``.
         recon_size: (h, w) of the displayed image (centre crop of ``[H, W]``).
         reference: ``[S, h, w]`` float32 reference image (e.g. fastMRI
             ``reconstruction_rss``) when the file has one, else None.

@@ -349,7 +349,7 @@ def find_ismrmrd_group(f: h5py.File) -> str | None:
     return None
 
 
-def _frame_names(keys: list[tuple[int, int, int, int]]) -> dict[tuple, str]:
+def frame_names(keys: list[tuple[int, int, int, int]]) -> dict[tuple, str]:
     """Frame suffix per (repetition, contrast, phase, set): only varying counters."""
     labels = ("rep", "c", "ph", "set")
     varying = [len({k[i] for k in keys}) > 1 for i in range(4)]
@@ -400,7 +400,7 @@ def list_ismrmrd_frames(path: str | Path) -> list[str]:
     if head.size == 0:
         raise InputError(path, "ISMRMRD file has no acquisitions")
     _, keys = _frame_keys(head[_imaging(path, head)]["idx"])
-    return [_frame_names(keys)[k] for k in keys]
+    return [frame_names(keys)[k] for k in keys]
 
 
 def read_ismrmrd(path: str | Path) -> list[Scan]:
@@ -492,7 +492,7 @@ def _scans_from_acquisitions(path: Path, hdr, acqs: np.ndarray) -> list[Scan]:
     slice_index, slc = np.unique(idx["slice"].astype(np.int64), return_inverse=True)  # acquired slices only
     n_slices = len(slice_index)
     frame_of, keys = _frame_keys(idx)
-    names = _frame_names(keys)
+    names = frame_names(keys)
     check_fits(path, len(keys) * n_slices * nc * nx * ny * 8 * 4, f"k-space of {len(keys)} frame(s) × "
                f"{n_slices} slices × {nc} coils × {nx}×{ny}")
     geometry = _geometry(hdr, h, slc, n_slices)
@@ -689,6 +689,7 @@ __all__ = [
     "check_finite",
     "find_ismrmrd_group",
     "flag_bit",
+    "frame_names",
     "header_identity",
     "header_protocol",
     "header_voxel_size",

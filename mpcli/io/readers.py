@@ -6,6 +6,7 @@ by the suffix):
 - HDF5 with a ``kspace`` dataset → fastMRI (:func:`mpcli.io.fastmri.read_fastmri`);
 - HDF5 with a group holding ``data`` and ``xml`` (normally ``dataset``) →
   ISMRMRD (:func:`mpcli.io.ismrmrd.read_ismrmrd`);
+- a Siemens twix file header (VB or VD/VE) → twix (:func:`mpcli.io.twix.read_twix`);
 - anything else (not HDF5, empty, truncated, other keys) → ``InputError``.
 
 Only regular files are opened, and only HDF5 data stored in the file itself
@@ -18,6 +19,7 @@ geometry. All failures are ``InputError(path, reason)`` with a one-line reason.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import h5py
@@ -27,9 +29,11 @@ import torch
 from mpcli.errors import InputError
 from mpcli.io.fastmri import read_fastmri
 from mpcli.io.ismrmrd import find_ismrmrd_group, list_ismrmrd_frames, one_line, read_ismrmrd
+from mpcli.io.twix import list_twix_frames, looks_like_twix, read_twix
 from mpcli.scan import KSPACE_SUFFIXES, Geometry, Scan
 
 SUPPORTED_SUFFIXES = KSPACE_SUFFIXES
+READERS = {"fastmri": read_fastmri, "ismrmrd": read_ismrmrd, "twix": read_twix}
 
 
 READ_PATHS = {"fastmri": ("kspace", "ismrmrd_header", "mask", "reconstruction_rss"),
@@ -38,7 +42,7 @@ READ_PATHS = {"fastmri": ("kspace", "ismrmrd_header", "mask", "reconstruction_rs
 
 
 def detect_format(path: str | Path) -> str:
-    """``"fastmri"`` or ``"ismrmrd"`` from the file content; ``InputError`` otherwise."""
+    """``"fastmri"``, ``"ismrmrd"`` or ``"twix"`` from the file content; ``InputError`` otherwise."""
     path = Path(path)
     if not path.exists():
         if path.is_symlink():
@@ -52,7 +56,9 @@ def detect_format(path: str | Path) -> str:
         raise InputError(path, "empty file")
     try:
         if not h5py.is_hdf5(path):
-            raise InputError(path, "not an HDF5 file (expected fastMRI or ISMRMRD k-space)")
+            if looks_like_twix(path):
+                return "twix"
+            raise InputError(path, "not an HDF5 file (fastMRI, ISMRMRD) nor Siemens twix k-space")
         with h5py.File(path, "r") as f:
             if "kspace" in f:
                 check_self_contained(path, f, READ_PATHS["fastmri"])
@@ -94,7 +100,7 @@ def check_self_contained(path: Path, f: h5py.File, names) -> None:
 
 
 def is_kspace_file(path: str | Path) -> bool:
-    """Cheap check (never raises): a supported suffix and fastMRI/ISMRMRD content."""
+    """Cheap check (never raises): a supported suffix and fastMRI/ISMRMRD/twix content."""
     path = Path(path)
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         return False
@@ -183,16 +189,15 @@ def read_scans(path: str | Path) -> list[Scan]:
     """
     path = Path(path)
     fmt = detect_format(path)
-    reader = read_fastmri if fmt == "fastmri" else read_ismrmrd
     try:
         with np.errstate(all="ignore"):
-            scans = reader(path)
+            scans = READERS[fmt](path)
     except InputError:
         raise
     except MemoryError:
         raise InputError(path, f"not enough memory to read this {fmt} file") from None
     except (OSError, KeyError, ValueError, IndexError, TypeError, AttributeError, OverflowError,
-            RuntimeError) as err:
+            RuntimeError, EOFError, struct.error) as err:
         raise InputError(path, f"cannot read {fmt} file: {one_line(err)}") from None
     return [validate_scan(path, s) for s in scans]
 
@@ -206,6 +211,8 @@ def list_frames(path: str | Path) -> list[str]:
     fmt = detect_format(path)
     if fmt == "fastmri":
         return [""]
+    if fmt == "twix":
+        return list_twix_frames(path)
     return list_ismrmrd_frames(path)
 
 
