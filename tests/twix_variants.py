@@ -117,3 +117,35 @@ def raw_kspace(path: Path = REAL_TWIX) -> np.ndarray:
         arr.flags["squeeze_singletons"] = True
         k = arr[:]  # [Lin, Cha, Col]
     return np.ascontiguousarray(k.transpose(1, 2, 0))
+
+
+def write_vb(meas: dict, path: Path) -> Path:
+    """Write one measurement as a VB (syngo MR B17) twix file: protocol header, then for each
+    readout and channel a ``twixtools.mdh_def.VB17_header`` followed by the samples.
+
+    (``twixtools.write_twix`` writes VD/VE only; its VB branch is unfinished.) The
+    VB headers are filled from the VD/VE ones, field by field, with twixtools' structs.
+    """
+    from twixtools import mdh_def
+
+    def vb_header(mdh) -> mdh_def.VB17_header:
+        out = mdh_def.VB17_header()
+        for name, _ in mdh_def.VB17_header._fields_:
+            if name not in ("FlagsAndDMALength", "IceProgramPara", "FreePara", "ChannelId", "PTABPosNeg"):
+                setattr(out, name, getattr(mdh, name))
+        return out
+
+    with open(path, "xb") as f:
+        f.write(meas["hdr_str"].tobytes())
+        for m in meas["mdb"]:
+            head = vb_header(m.mdh)
+            data = np.atleast_2d(np.asarray(m.data, np.complex64))  # [C, samples]
+            for c in range(data.shape[0]):
+                head.ChannelId = c
+                f.write(bytes(head))
+                f.write(data[c].tobytes())
+        end = mdh_def.VB17_header()
+        mdh_def.add_flag(end, "ACQEND")
+        f.write(bytes(end))
+        f.write(b"\x00" * 128)
+    return path

@@ -94,13 +94,14 @@ def looks_like_twix(path: str | Path) -> bool:
             first = f.read(_VE_HEADER_BYTES)
             if len(first) < 16:
                 return False
-            if not _is_ve(first):
-                return _meas_header_ok(first[:64], size)
+            if not _is_ve(first):  # a VB header may be followed by fewer bytes than it claims (truncated)
+                return _meas_header_ok(first[:64], 1 << 40)
             entries = _raid_entries(first, size, strict=False)
             if not entries:
                 return False
-            f.seek(entries[0][0])
-            return _meas_header_ok(f.read(64), size - entries[0][0])
+            off, end = entries[0]
+            f.seek(off)
+            return _meas_header_ok(f.read(64), end - off)
     except (OSError, ValueError, struct.error):
         return False
 
@@ -128,11 +129,9 @@ def _raid_entries(first: bytes, size: int, strict: bool = True, path: Path | Non
             if strict:
                 raise InputError(path, f"twix measurement {k} has offset {off}, length {length} (corrupt header)")
             return []
-        if off + length > size:
-            if strict:
-                raise InputError(path, f"truncated twix file: measurement {k} ends at byte {off + length}, "
-                                       f"the file has {size} bytes")
-            return []
+        if off + length > size and strict:  # a truncated file still looks like twix
+            raise InputError(path, f"truncated twix file: measurement {k} ends at byte {off + length}, "
+                                   f"the file has {size} bytes")
         out.append((off, off + length))
     return out
 
@@ -172,7 +171,7 @@ def _walk(path: Path, fid, start: int, end: int, ve: bool) -> list:
                                        f"({mdh.UsedChannels} channels, {mdh.SamplesInScan} samples)")
             dma = mdh.UsedChannels * (8 * mdh.SamplesInScan + channel_size) + (header_size if ve else 0)
         if pos + dma > end:
-            raise InputError(path, f"truncated twix file: data block at byte {pos} needs {dma} bytes, "
+            raise InputError(path, f"truncated or corrupt twix file: data block at byte {pos} claims {dma} bytes, "
                                    f"{end - pos} remain")
         if not mdh_def.is_flag_set(mdh, "SYNCDATA"):
             fid.seek(pos)
@@ -203,8 +202,11 @@ def _open_twix(path: Path):
                 raise InputError(path, f"truncated twix file: measurement at byte {off} has no header")
             hdr_len = int(init[0]["hdr_len"])
             fid.seek(off)
-            if not _meas_header_ok(fid.read(64), end - off):
+            if not _meas_header_ok(fid.read(64), 1 << 40):
                 raise InputError(path, f"not a twix file (no protocol header at byte {off})")
+            if off + hdr_len > end:
+                raise InputError(path, f"truncated twix file: protocol header of {hdr_len} bytes at byte {off}, "
+                                       f"{end - off} bytes remain")
             fid.seek(off)
             hdr = twixprot.parse_twix_hdr(fid)
             if "MeasYaps" not in hdr:
