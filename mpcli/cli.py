@@ -143,7 +143,7 @@ def _outcomes_json(outcomes) -> str:
 
 @app.command("reconstruct")
 def reconstruct_cli(
-    inputs: list[Path] = typer.Argument(..., help="k-space files (fastMRI or ISMRMRD HDF5) or folders."),
+    inputs: list[Path] = typer.Argument(..., help="k-space files (fastMRI or ISMRMRD HDF5, Siemens twix .dat) or folders."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (created)."),
     method: str = typer.Option("cs", help="zero-filled | sense | cs | meta | adapted"),
     formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", help="h5 | nifti | dicom (repeatable)."),
@@ -260,7 +260,7 @@ def eval_cli(
 
 @app.command("info")
 def info_cli(
-    inputs: list[Path] = typer.Argument(..., help="k-space files or folders."),
+    inputs: list[Path] = typer.Argument(..., help="k-space files (fastMRI/ISMRMRD .h5, Siemens twix .dat) or folders."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
 ):
     """Describe k-space files: format, shape, acceleration, geometry (no patient data)."""
@@ -292,7 +292,7 @@ def info_cli(
 
 @app.command("adapt")
 def adapt_cli(
-    kspace: list[Path] = typer.Option(..., "--kspace", "-k", help="k-space file(s) or folder(s) of one scanner/protocol."),
+    kspace: list[Path] = typer.Option(..., "--kspace", "-k", help="k-space file(s) (.h5, Siemens twix .dat) or folder(s) of one scanner/protocol."),
     more: list[Path] | None = typer.Argument(None, help="More k-space files (mp adapt --kspace a.h5 b.h5)."),
     prior: Path | None = typer.Option(None, help="Prior weights (default: the shipped meta-prior)."),
     out: Path | None = typer.Option(None, "--out", "-o",
@@ -418,7 +418,7 @@ def meta_train_cli(
     config: Path | None = typer.Option(None, help="TOML config (see mpcli/configs/meta_prior.toml; the default "
                                        "in site mode)."),
     data: Path | None = typer.Option(None, help="Folder of fully sampled fastMRI files to add as a training source."),
-    kspace: list[Path] | None = typer.Option(None, "--kspace", help="Site mode: undersampled archive (files/folders), no ground truth."),
+    kspace: list[Path] | None = typer.Option(None, "--kspace", help="Site mode: undersampled archive (.h5 or Siemens twix .dat files, or folders), no ground truth."),
     init: str | None = typer.Option(None, help="Start from 'shipped' or a weights file (site mode default: shipped)."),
     steps: int | None = typer.Option(None, help="Outer steps (overrides the config)."),
     inner_steps: int | None = typer.Option(None, help="Inner steps per task."),

@@ -265,6 +265,43 @@ def test_partial_fourier_is_zero_filled_and_recorded(base, reference, tmp_path):
     np.testing.assert_allclose(scan.kspace[0, ..., 60:].numpy(), reference[..., 60:], rtol=1e-5, atol=1e-9)
 
 
+def test_echoes_are_frames(base, reference, tmp_path):
+    meas = dict(base)
+    meas["mdb"] = [clone(b, data=np.asarray(b.data) * (1 + eco), Eco=eco) for eco in (0, 1) for b in image_lines(base)]
+    scans = read_scans(write([meas], tmp_path / "echoes.dat"))
+    assert [s.frame for s in scans] == ["c0", "c1"]
+    np.testing.assert_allclose(scans[1].kspace.numpy(), 2 * scans[0].kspace.numpy(), rtol=1e-5, atol=1e-9)
+
+
+def _centred(f, x: np.ndarray, axis: int) -> np.ndarray:
+    return np.fft.fftshift(f(np.fft.ifftshift(x, axes=axis), axis=axis, norm="ortho"), axes=axis)
+
+
+def test_partial_echo_is_placed_by_centre_column(tmp_path, base):
+    """Lines missing their first 40 samples (CenterCol 120 of 280) land with the echo centre
+    at the k-space centre; the missing samples are zero before oversampling removal."""
+    meas = set_protocol(base, {"sKSpace.ucReadoutPartialFourier": 8})  # 7/8
+    blocks = []
+    for b in image_lines(base):
+        line = clone(b, data=np.asarray(b.data)[:, 40:])
+        line.mdh.CenterCol = 120
+        blocks.append(line)
+    meas["mdb"] = blocks
+    (scan,) = read_scans(write([meas], tmp_path / "echo.dat"))
+    raw = raw_kspace()  # [C, 320, 160]
+    raw[:, :40] = 0
+    img = _centred(np.fft.ifft, raw, 1)[:, 80:240]
+    want = _centred(np.fft.fft, img, 1)  # [C, 160, 160]: readout oversampling removed
+    np.testing.assert_allclose(scan.kspace[0].numpy(), want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    assert scan.protocol["partial_fourier_readout"] == pytest.approx(7 / 8) and scan.mask.min() == 1
+
+
+def test_files_too_large_for_memory_are_refused(monkeypatch):
+    monkeypatch.setenv("MP_MEMORY_LIMIT", str(1 << 20))  # the file's k-space needs 0.8 MB (×4 while reading)
+    with pytest.raises(InputError, match=r"needs .* of memory"):
+        read_scans(REAL_TWIX)
+
+
 def test_adapt_and_site_meta_train_run_on_undersampled_twix(base, prior_file, tmp_path):  # noqa: F811
     """A retrospectively undersampled copy goes through `mp adapt` (with a small prior) and
     `mp meta-train --kspace DIR` finds the .dat in a folder; the input is never modified."""
@@ -352,3 +389,9 @@ def test_prs_directions_follow_siemens_conventions():
     np.testing.assert_allclose([p @ r, p @ n, r @ n, np.linalg.norm(p), np.linalg.norm(r)], [0, 0, 0, 1, 1],
                                atol=1e-12)
 
+
+
+@pytest.mark.parametrize("command", ["info", "reconstruct", "adapt", "meta-train"])
+def test_help_mentions_twix(command):
+    res = mp(command, "--help")
+    assert res.exit_code == 0 and "twix" in res.stdout

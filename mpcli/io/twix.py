@@ -53,12 +53,8 @@ import torch
 
 from mpcli.errors import InputError
 from mpcli.io.ismrmrd import check_finite, frame_names, noise_whitener, remove_readout_oversampling
+from mpcli.memory import check_fits
 from mpcli.scan import Geometry, Scan, file_sha256
-
-TWIX_SUFFIXES = (".dat",)
-
-#: largest k-space one frame may allocate ([S, C, nx, W] complex64), bytes
-MAX_FRAME_BYTES = 8 << 30
 
 _VE_HEADER_BYTES = 10240  # space write_twix/scanners reserve for the multi-raid file header
 _NAME = re.compile(rb"([A-Za-z]\w{3,})\x00(.{4})", re.DOTALL)
@@ -417,15 +413,18 @@ def _scans(path: Path, meas: list[Measurement], im: Measurement) -> list[Scan]:
     geometry, order = _geometry(path, slices, image, counters, (dr, dp, thickness))
     slot = {c: order.index(i) for i, c in enumerate(counters)}
     n_slices = len(counters)
-    frame_bytes = n_slices * nc * nx * w * 8
-    if frame_bytes > MAX_FRAME_BYTES:
-        raise InputError(path, f"k-space of one frame would need {frame_bytes / 2**30:.1f} GiB; too large")
 
     whitener = _whitener(path, meas, im, nc)
     w_c64 = None if whitener is None else whitener.astype(np.complex64)
 
     key = _frame_key
-    keys = sorted({key(b) for b in image})
+    by_frame: dict[tuple[int, int, int, int], list] = {}
+    for b in image:
+        by_frame.setdefault(key(b), []).append(b)
+    keys = sorted(by_frame)
+    # every frame's [S, C, nx, W] complex64, and temporaries of the same size while placing lines
+    check_fits(path, len(keys) * n_slices * nc * nx * w * 8 * 4,
+               f"k-space of {len(keys)} frame(s) × {n_slices} slices × {nc} coils × {nx}×{w}")
     names = frame_names(keys)
     sha = file_sha256(path)
     identity, protocol = _identity(hdr), _protocol(hdr)
@@ -465,7 +464,7 @@ def _scans(path: Path, meas: list[Measurement], im: Measurement) -> list[Scan]:
     for fk in keys:
         k = np.zeros((n_slices, nc, nx, w), np.complex64)  # [S, C, H, W]
         count = np.zeros((n_slices, 1, nx, w), np.float32)  # [S, 1, H, W]
-        place([b for b in image if key(b) == fk], k, count)
+        place(by_frame[fk], k, count)
         if ref:  # calibration lines of the same echo/phase/set fill columns no image line acquired
             kr, cr = np.zeros_like(k), np.zeros_like(count)
             place([b for b in ref if key(b)[1:] == fk[1:] and int(b.mdh.Counter.Sli) in slot], kr, cr)
@@ -554,5 +553,5 @@ def read_twix_protocol(path: str | Path) -> dict:
         return (imaging or meas)[-1].hdr
 
 
-__all__ = ["MAX_FRAME_BYTES", "TWIX_SUFFIXES", "list_twix_frames", "looks_like_twix", "prs_directions", "read_twix",
+__all__ = ["list_twix_frames", "looks_like_twix", "prs_directions", "read_twix",
            "read_twix_protocol"]
