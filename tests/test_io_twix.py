@@ -209,9 +209,11 @@ def test_slices_repetitions_and_averages(base, reference, tmp_path):
         assert scan.geometry.slice_spacing == pytest.approx(4.8)
 
 
-def test_noise_measurement_prewhitens_with_dwell_ratio(base, reference, tmp_path):
-    """Noise-adjust lines in a separate measurement of a multi-measurement file whiten the
-    coils; the noise was sampled at twice the dwell time, so W is scaled by √(1/2)."""
+@pytest.mark.parametrize("separate", [True, False])
+def test_noise_lines_prewhiten_with_dwell_ratio(base, reference, tmp_path, separate):
+    """Noise-adjust lines whiten the coils: in a separate measurement of a multi-measurement
+    file (VD/VE) sampled at twice the dwell time, W is scaled by √(1/2); inside the imaging
+    measurement (as in VB files) the dwell is the same."""
     rng = np.random.default_rng(0)
     mix = np.array([[1.0, 0.0], [0.6 + 0.3j, 0.5]])
     template = image_lines(base)[0]
@@ -219,13 +221,16 @@ def test_noise_measurement_prewhitens_with_dwell_ratio(base, reference, tmp_path
     for i in range(64):
         n = mix @ (rng.standard_normal((2, 320)) + 1j * rng.standard_normal((2, 320)))
         noise_lines.append(clone(template, data=n, flags={"NOISEADJSCAN": True}, Lin=i))
-    dwell = int(base["hdr"]["MeasYaps"]["sRXSPEC"]["alDwellTime"][0])
-    noise = set_protocol(base, {"sRXSPEC.alDwellTime[0]": 2 * dwell})
-    noise["mdb"] = noise_lines
-    path = write([noise, base], tmp_path / "noise.dat")
+    if separate:
+        dwell = int(base["hdr"]["MeasYaps"]["sRXSPEC"]["alDwellTime"][0])
+        noise = set_protocol(base, {"sRXSPEC.alDwellTime[0]": 2 * dwell})
+        noise["mdb"] = noise_lines
+        path = write([noise, base], tmp_path / "noise.dat")
+    else:
+        path = write([dict(base, mdb=noise_lines + base["mdb"])], tmp_path / "noise.dat")
     (scan,) = read_scans(path)
     samples = np.concatenate([np.asarray(b.data) for b in noise_lines], axis=1).astype(np.complex64)
-    w = noise_whitener(samples) * np.sqrt(0.5)
+    w = noise_whitener(samples) * (np.sqrt(0.5) if separate else 1.0)
     np.testing.assert_allclose(scan.kspace[0].numpy(), np.einsum("dc,chw->dhw", w, reference), rtol=1e-4,
                                atol=1e-6 * np.abs(reference).max())
 
@@ -300,6 +305,16 @@ def test_files_too_large_for_memory_are_refused(monkeypatch):
     monkeypatch.setenv("MP_MEMORY_LIMIT", str(1 << 20))  # the file's k-space needs 0.8 MB (×4 while reading)
     with pytest.raises(InputError, match=r"needs .* of memory"):
         read_scans(REAL_TWIX)
+
+
+def test_inplane_rotation_from_the_protocol(base, tmp_path):
+    """dInPlaneRot (radians) turns phase and read about the slice normal."""
+    meas = set_protocol(base, {"sSliceArray.asSlice[0].dInPlaneRot": 0.5})
+    (scan,) = read_scans(write([meas], tmp_path / "rot.dat"))
+    (plain,) = read_scans(REAL_TWIX)
+    p0, r0 = np.asarray(plain.geometry.phase_dir), np.asarray(plain.geometry.read_dir)
+    np.testing.assert_allclose(scan.geometry.phase_dir, np.cos(0.5) * p0 - np.sin(0.5) * r0, atol=1e-9)
+    np.testing.assert_allclose(scan.geometry.slice_dir, plain.geometry.slice_dir, atol=1e-12)
 
 
 def test_adapt_and_site_meta_train_run_on_undersampled_twix(base, prior_file, tmp_path):  # noqa: F811

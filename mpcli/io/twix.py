@@ -339,7 +339,7 @@ def _whitener(path: Path, meas: list[Measurement], image_meas: Measurement, n_co
         for b in m.mdbs:
             if b.is_flag_set("NOISEADJSCAN") and int(b.mdh.UsedChannels) == n_coils:
                 blocks.append(np.asarray(b.data, np.complex64))  # [C, ns]
-                dwells.append(dwell(m.hdr) if m is not image_meas else dwell(image_meas.hdr))
+                dwells.append(dwell(m.hdr))  # the dwell time of the measurement the noise came from
     if not blocks:
         return None
     noise = np.concatenate(blocks, axis=1)  # [C, M]
