@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mpcli.scan import KSPACE_SUFFIXES
+
 MANIFEST_SUFFIX = ".mp.json"
 OUTPUT_NAMES = {"h5": "{}.h5", "nifti": "{}.nii.gz", "dicom": "{}_dicom"}
 """Output name of each format, from the volume's stem."""
@@ -53,7 +55,7 @@ def _base_and_suffix(name: str, suffixes: tuple[str, ...]) -> tuple[str, str]:
     return name, ""
 
 
-def output_stems(files: list[Path], suffixes: tuple[str, ...] = (".h5", ".hdf5", ".mrd")) -> dict[Path, str]:
+def output_stems(files: list[Path], suffixes: tuple[str, ...] = KSPACE_SUFFIXES) -> dict[Path, str]:
     """A distinct, safe output stem per input file.
 
     The stem is the file name without its k-space suffix. Inputs whose stems
