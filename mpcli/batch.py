@@ -38,6 +38,7 @@ from pathlib import Path
 
 from mpcli import __version__
 from mpcli.errors import EXIT_INPUT, EXIT_INTERNAL, InputError, MpError, OutputError, UsageError, printable
+from mpcli.io.twix import looks_like_twix
 from mpcli.output_plan import MANIFEST_SUFFIX, OutputPlan, frame_stem, output_stems, plan_outputs
 from mpcli.scan import KSPACE_SUFFIXES, Scan, file_sha256
 
@@ -60,7 +61,8 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
 
     Folders are walked recursively (symbolic links to folders followed, each
     folder once, so a link loop ends), keeping names with a k-space suffix that
-    are not hidden. A file named on the command line is kept whatever it is:
+    are not hidden; a ``.dat`` only when it starts like a Siemens twix file
+    (``.dat`` is common for other data). A file named on the command line is kept whatever it is:
     reading it reports what is wrong with it (a FIFO, a broken link).
     """
     files: list[Path] = []
@@ -95,7 +97,8 @@ def _walk(folder: Path) -> list[Path]:
         visited.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(root) / n for n in names
-                  if not n.startswith(".") and n.lower().endswith(KSPACE_SUFFIXES)]
+                  if not n.startswith(".") and n.lower().endswith(KSPACE_SUFFIXES)
+                  and (not n.lower().endswith(".dat") or looks_like_twix(Path(root) / n))]
     return found
 
 

@@ -323,6 +323,7 @@ def test_adapt_and_site_meta_train_run_on_undersampled_twix(base, prior_file, tm
     folder = tmp_path / "archive"
     folder.mkdir()
     under = _undersampled(base, folder / "meas_r3.dat")
+    (folder / "physio_log.dat").write_text("12 13 14\n")  # another instrument's .dat: not collected
     before = file_sha256(under)
     assert collect_inputs([folder]) == [under]
     res = mp("adapt", "--kspace", under, "--prior", prior_file, "--out", tmp_path / "site.safetensors",

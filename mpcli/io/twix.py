@@ -404,8 +404,13 @@ def _scans(path: Path, meas: list[Measurement], im: Measurement) -> list[Scan]:
     n_img = int(_get(hdr, "Meas", "NImageLins", default=0) or 0) or round(base * phase_fov / read_fov)
     centre_lin = int(image[0].mdh.CenterLin)
     lins = np.array([b.mdh.Counter.Lin for b in image + ref])
+    # W: the protocol's phase-encoding matrix (oversampled, FFT length); every line must fit in it
+    w = max(round(n_img * (1 + phase_os)), int(_get(yaps, "sKSpace", "lPhaseEncodingLines", default=0)),
+            int(_get(hdr, "Meas", "iPEFTLength", default=0) or 0))
     needed = 2 * max(centre_lin, int(lins.max()) + 1 - centre_lin)
-    w = max(round(n_img * (1 + phase_os)), int(_get(yaps, "sKSpace", "lPhaseEncodingLines", default=0)), needed)
+    if needed > w:
+        raise InputError(path, f"header/data mismatch: line counters up to {int(lins.max())} (centre {centre_lin}) "
+                               f"do not fit the protocol's {w} phase-encoding lines")
     dr, dp = read_fov / base, phase_fov * (1 + phase_os) / w
 
     # slices: the MDH position of each Sli counter, matched to the protocol, ordered along the normal
@@ -478,8 +483,8 @@ def _scans(path: Path, meas: list[Measurement], im: Measurement) -> list[Scan]:
         k, mask = remove_readout_oversampling(path, k, mask, min(base, nx))
         k = k * mask
         scans.append(Scan(
-            kspace=torch.from_numpy(np.ascontiguousarray(k, dtype=np.complex64)),
-            mask=torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)),
+            kspace=torch.from_numpy(np.array(k, dtype=np.complex64, order="C")),  # a writable copy
+            mask=torch.from_numpy(np.array(mask, dtype=np.float32, order="C")),
             geometry=geometry,
             source=path,
             sha256=sha,
