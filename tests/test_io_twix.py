@@ -56,9 +56,16 @@ def _quaternion_directions(q) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- real file
 
 
+def _centred(f, x: np.ndarray, axes) -> np.ndarray:
+    """Centred, orthonormal numpy transform ``f`` (np.fft.fft, ifft, fft2…) over ``axes``."""
+    kw = {"axis": axes} if isinstance(axes, int) else {"axes": axes}
+    return np.fft.fftshift(f(np.fft.ifftshift(x, axes=axes), norm="ortho", **kw), axes=axes)
+
+
 def test_zero_filled_rss_equals_fft_of_twixtools_lines(tmp_path):
     """`mp reconstruct --method zero-filled` on the .dat = RSS of a plain 2-D FFT of the lines
-    twixtools reads (readout oversampling removed: image rows cropped to the central half)."""
+    twixtools reads (the forward FFT Siemens reconstructs with), readout oversampling
+    removed: image rows cropped to the central half."""
     res = mp("reconstruct", REAL_TWIX, "--out", tmp_path, "--method", "zero-filled", "--format", "h5")
     assert res.exit_code == 0, res.stderr
     import h5py
@@ -66,26 +73,21 @@ def test_zero_filled_rss_equals_fft_of_twixtools_lines(tmp_path):
     with h5py.File(tmp_path / "siemens_gre_2ch.h5", "r") as f:
         got = f["reconstruction"][...]  # [S, H, W]
     k = raw_kspace()  # [C, 320, 160]: samples × lines, straight from twixtools
-    img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    img = _centred(np.fft.fft2, k, (-2, -1))  # [C, 320, 160]
     h = k.shape[1] // 2
     want = np.sqrt((np.abs(img[:, h // 2 : h // 2 + h]) ** 2).sum(0))  # [160, 160]
     assert got.shape == (1, *want.shape)
     assert np.linalg.norm(got[0] - want) / np.linalg.norm(want) < 1e-5
 
 
-def test_kspace_equals_twixtools_oversampling_removal():
-    """Our k-space equals twixtools' own ``remove_os`` lines, up to its DFT normalisation:
-    twixtools uses numpy's unnormalised FFT pair over 2n then n samples, a factor 1/√2."""
-    import twixtools
-
+def test_coil_images_are_the_scanners_fft_images():
+    """Each coil image mp sees (inverse FFT of its k-space) is the complex conjugate of the
+    scanner's forward-FFT image of the raw lines, pixel for pixel (same FFT-centre pixel),
+    so the protocol's read/phase directions hold as they are."""
     (scan,) = read_scans(REAL_TWIX)
-    with contextlib.redirect_stdout(io.StringIO()):
-        arr = twixtools.map_twix(str(REAL_TWIX), verbose=False)[-1]["image"]
-        arr.flags["remove_os"] = True
-        arr.flags["squeeze_singletons"] = True
-        k = arr[:].transpose(1, 2, 0)  # [C, 160 samples, 160 lines]
-    ours = scan.kspace[0].numpy()
-    assert np.linalg.norm(ours - np.sqrt(2) * k) / np.linalg.norm(ours) < 1e-5
+    ours = _centred(np.fft.ifft2, scan.kspace[0].numpy(), (-2, -1))  # [C, 160, 160]
+    scanner = _centred(np.fft.fft2, raw_kspace(), (-2, -1))[:, 80:240]  # [C, 160, 160]
+    assert np.linalg.norm(ours - np.conj(scanner)) / np.linalg.norm(scanner) < 1e-5
     assert scan.mask.min() == 1 and scan.acceleration == 1.0 and scan.format == "twix"
 
 
@@ -231,7 +233,8 @@ def test_noise_lines_prewhiten_with_dwell_ratio(base, reference, tmp_path, separ
     (scan,) = read_scans(path)
     samples = np.concatenate([np.asarray(b.data) for b in noise_lines], axis=1).astype(np.complex64)
     w = noise_whitener(samples) * (np.sqrt(0.5) if separate else 1.0)
-    np.testing.assert_allclose(scan.kspace[0].numpy(), np.einsum("dc,chw->dhw", w, reference), rtol=1e-4,
+    # whitened, then conjugated like every line: conj(W y) = conj(W) conj(y)
+    np.testing.assert_allclose(scan.kspace[0].numpy(), np.einsum("dc,chw->dhw", np.conj(w), reference), rtol=1e-4,
                                atol=1e-6 * np.abs(reference).max())
 
 
@@ -278,10 +281,6 @@ def test_echoes_are_frames(base, reference, tmp_path):
     np.testing.assert_allclose(scans[1].kspace.numpy(), 2 * scans[0].kspace.numpy(), rtol=1e-5, atol=1e-9)
 
 
-def _centred(f, x: np.ndarray, axis: int) -> np.ndarray:
-    return np.fft.fftshift(f(np.fft.ifftshift(x, axes=axis), axis=axis, norm="ortho"), axes=axis)
-
-
 def test_partial_echo_is_placed_by_centre_column(tmp_path, base):
     """Lines missing their first 40 samples (CenterCol 120 of 280) land with the echo centre
     at the k-space centre; the missing samples are zero before oversampling removal."""
@@ -293,7 +292,7 @@ def test_partial_echo_is_placed_by_centre_column(tmp_path, base):
         blocks.append(line)
     meas["mdb"] = blocks
     (scan,) = read_scans(write([meas], tmp_path / "echo.dat"))
-    raw = raw_kspace()  # [C, 320, 160]
+    raw = np.conj(raw_kspace())  # [C, 320, 160], conjugated as the reader does
     raw[:, :40] = 0
     img = _centred(np.fft.ifft, raw, 1)[:, 80:240]
     want = _centred(np.fft.fft, img, 1)  # [C, 160, 160]: readout oversampling removed

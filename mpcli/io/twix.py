@@ -26,6 +26,11 @@ Reading the imaging (last) measurement, in order:
    (``Ave``, segments) are averaged. PAT reference lines (``PATREFSCAN``) fill
    the columns no image line acquired (calibration kept); lines missing from
    partial Fourier stay zero (mask 0) and the fraction is recorded.
+   Samples are complex-conjugated: Siemens reconstructs with the *forward* FFT
+   (its directions below assume it), mp with the inverse one, and
+   ``ifft(conj k) = conj(fft k)`` is the scanner's image, pixel for pixel (mrpro
+   conjugates Siemens data for the same reason; twixtools' geometry instead
+   negates read and phase for inverse-FFT images).
 4. Remove readout oversampling (:func:`mpcli.io.ismrmrd.remove_readout_oversampling`).
 5. Order slices anatomically (ascending along the slice normal) and take the
    geometry from the protocol ``sSliceArray``: ``sPosition``, ``sNormal``,
@@ -461,6 +466,7 @@ def _scans(path: Path, meas: list[Measurement], im: Measurement) -> list[Scan]:
             data = np.asarray(b.data, np.complex64)[:, smp[ok]]  # [C, X]
             if w_c64 is not None:
                 data = w_c64 @ data  # [C, X]
+            data = np.conj(data)  # Siemens reconstructs with the forward FFT: ifft(conj k) = conj(fft k)
             s = slot[int(h.Counter.Sli)]
             k[s, :, x[ok], col] += data.T  # [X, C]
             count[s, 0, x[ok], col] += 1.0
