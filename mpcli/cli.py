@@ -28,13 +28,21 @@ from mpcli.errors import (
     MpError,
     printable,
 )
+from mpcli.helptext import Command, Group, verbatim
 
-_EXIT_TABLE = "\n\n".join(f"{code}  {text}" for code, text in EXIT_CODES.items())
+_EXIT_TABLE = verbatim("\n".join(f"{code:>3}  {text}" for code, text in EXIT_CODES.items()))
 
 app = typer.Typer(
     name="mp",
+    cls=Group,
     help="Meta-prior MRI reconstruction: adapt a meta-learned network to your scanner's "
-    "undersampled k-space without ground truth, reconstruct, write NIfTI/DICOM/HDF5.",
+    "undersampled k-space without ground truth, reconstruct, write NIfTI/DICOM/HDF5.\n\n"
+    + verbatim("""
+First time? Try the sample scan:
+  mp info sample_data/
+  mp adapt --kspace sample_data/brain_fastmri.h5 --recon out/
+  mp eval out/brain_fastmri.h5 --ref sample_data/brain_fastmri.h5
+"""),
     epilog=f"Exit codes:\n\n{_EXIT_TABLE}",
     no_args_is_help=True,
     add_completion=False,
@@ -141,25 +149,42 @@ def _outcomes_json(outcomes) -> str:
                        for o in outcomes], indent=2)
 
 
-@app.command("reconstruct")
+@app.command("reconstruct", cls=Command,
+             short_help="Reconstruct k-space files or folders into images: HDF5, NIfTI, DICOM.")
 def reconstruct_cli(
-    inputs: list[Path] = typer.Argument(..., help="k-space files (fastMRI or ISMRMRD HDF5, Siemens twix .dat) or folders."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (created)."),
-    method: str = typer.Option("cs", help="zero-filled | sense | cs | meta | adapted"),
-    formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", help="h5 | nifti | dicom (repeatable)."),
-    model: Path | None = typer.Option(None, help="Network weights for --method adapted (or meta)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    cs_lam: float = typer.Option(1e-3, help="L1-wavelet weight for --method cs (scale-normalised data)."),
-    batch: int = typer.Option(4, min=1, help="Slices per network batch (halved on GPU out-of-memory)."),
-    resume: bool = typer.Option(False, help="Skip inputs whose outputs and manifest already match."),
-    overwrite: bool = typer.Option(False, help="Redo inputs whose outputs exist."),
-    shard: str | None = typer.Option(None, help="i/n: only the i-th of n deterministic shards."),
-    anonymize: bool = typer.Option(False, help="Blank patient and study identifiers in DICOM."),
+    inputs: list[Path] = typer.Argument(..., metavar="SCAN|DIR...",
+                                        help="k-space files (fastMRI or ISMRMRD .h5, Siemens twix .dat) or folders of them."),
+    out_dir: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Output folder (created if needed)."),
+    method: str = typer.Option("cs", metavar="METHOD",
+                               help="zero-filled, sense (CG-SENSE), cs (L1-wavelet), meta (the shipped "
+                               "prior, not adapted) or adapted (the network from mp adapt; needs --model)."),
+    formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
+                                      help="h5, nifti or dicom; repeat for several (-f nifti -f dicom)."),
+    model: Path | None = typer.Option(None, metavar="WEIGHTS.safetensors",
+                                      help="Network weights for --method adapted (or meta): the file "
+                                      "mp adapt wrote."),
+    device: str = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    cs_lam: float = typer.Option(1e-3, metavar="NUMBER",
+                                 help="L1-wavelet weight for --method cs (on scale-normalised data)."),
+    batch: int = typer.Option(4, min=1, metavar="SLICES", help="Slices per network batch (halved on GPU out-of-memory)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip inputs whose outputs and manifest already match."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist."),
+    shard: str | None = typer.Option(None, metavar="I/N",
+                                     help="Only the I-th of N deterministic shards of the inputs (job arrays)."),
+    anonymize: bool = typer.Option(False, "--anonymize", help="Blank patient and study identifiers in DICOM."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
-    """Reconstruct k-space files into images (HDF5, NIfTI, DICOM).
+    """Reconstruct k-space files or folders into images: HDF5, NIfTI, DICOM.
 
-    Example: mp reconstruct scans/ --out recon/ --method cs --format nifti --format dicom
+    A bad file is reported and skipped; the others finish (exit code 7).
+
+    Examples:
+
+    \b
+      mp reconstruct scans/ --out recon/
+      mp reconstruct scans/ --out recon/ --method cs --format nifti --format dicom
+      mp reconstruct scan.h5 --out recon/ --method adapted \\
+                     --model out/adapted.safetensors --format dicom
     """
     with _guard():
         from mpcli.batch import (
@@ -233,16 +258,23 @@ def _report(outcomes, as_json: bool, title: str):
             err.print(f"mp: error: {printable(o.error)}", markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command("eval")
+@app.command("eval", cls=Command,
+             short_help="Score reconstructions against a reference: NMSE, PSNR, SSIM (fastMRI definitions).")
 def eval_cli(
-    preds: list[Path] = typer.Argument(..., help="Reconstructions (our .h5 or .nii/.nii.gz)."),
-    ref: Path = typer.Option(..., "--ref", help="Reference: fastMRI file with reconstruction_rss, .h5 or NIfTI."),
-    figure: Path | None = typer.Option(None, help="Write a montage PNG (reference, methods, error maps)."),
-    as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON on stdout."),
+    preds: list[Path] = typer.Argument(..., metavar="RECON.h5|RECON.nii.gz...",
+                                       help="Reconstructions: files written by mp (.h5) or NIfTI."),
+    ref: Path = typer.Option(..., "--ref", metavar="REF.h5|REF.nii.gz",
+                             help="Reference image: a fastMRI file with reconstruction_rss, an mp .h5 or NIfTI."),
+    figure: Path | None = typer.Option(None, metavar="REPORT.png",
+                                       help="Also write a montage: reference, each method, error maps."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
 ):
     """Score reconstructions against a reference: NMSE, PSNR, SSIM (fastMRI definitions).
 
-    Example: mp eval recon/scan.h5 other/scan.h5 --ref sample_data/brain_fastmri.h5
+    Example:
+
+    \b
+      mp eval recon/scan.h5 cs/scan.h5 --ref scan.h5 --figure report.png
     """
     with _guard():
         from mpcli.evaluate import evaluate, results_json, results_table
@@ -258,61 +290,89 @@ def eval_cli(
             console.print(results_table(results))
 
 
-@app.command("info")
+@app.command("info", cls=Command,
+             short_help="Describe k-space files: format, size, acceleration, geometry (no patient data).")
 def info_cli(
-    inputs: list[Path] = typer.Argument(..., help="k-space files (fastMRI/ISMRMRD .h5, Siemens twix .dat) or folders."),
+    inputs: list[Path] = typer.Argument(..., metavar="SCAN|DIR...",
+                                        help="k-space files (fastMRI or ISMRMRD .h5, Siemens twix .dat) or folders of them."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
 ):
-    """Describe k-space files: format, shape, acceleration, geometry (no patient data)."""
+    """Describe k-space files: format, size, acceleration, geometry (no patient data).
+
+    R is the measured acceleration: phase-encode lines (or k-space samples,
+    for 2-D masks) over the acquired ones, calibration (centre) lines
+    included; fastMRI and ISMRMRD files do not record the nominal R of the
+    protocol (the sample's mask, drawn for R = 4, acquired 39 of 128 lines:
+    R 3.28). A file that cannot be read is reported and the others are still
+    listed (exit code 7).
+
+    Example:
+
+    \b
+      mp info sample_data/
+    """
     with _guard():
-        from rich.table import Table
-
         from mpcli.batch import collect_inputs
-        from mpcli.io.readers import read_scans
+        from mpcli.info import describe_files, info_json, info_table
 
-        rows = []
-        for f in collect_inputs(inputs):
-            for scan in read_scans(f):
-                g = scan.geometry
-                rows.append({"file": str(f), "frame": scan.frame, "format": scan.format,
-                             "shape": list(scan.shape), "recon_size": list(scan.recon_size),
-                             "acceleration": round(scan.acceleration, 2),
-                             "voxel_mm": [round(v, 3) for v in g.voxel_size],
-                             "geometry": "assumed" if g.assumed else "from header"})
+        infos = describe_files(collect_inputs(inputs))
         if as_json:
-            print(json.dumps(rows, indent=2))
-            return
-        table = Table(title="mp info")
-        for col in rows[0] if rows else ["file"]:
-            table.add_column(col)
-        for r in rows:
-            table.add_row(*(_cell(v) for v in r.values()))
-        console.print(table)
+            print(json.dumps(info_json(infos), indent=2))
+        else:
+            console.print(info_table(infos, console.width))
+        for i in infos:
+            if not i.ok:
+                err.print(f"mp: error: {printable(i.error)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(_batch_exit([_InfoOutcome(i) for i in infos]))
 
 
-@app.command("adapt")
+class _InfoOutcome:
+    """An ``mp info`` file seen as a batch outcome, for the shared exit-code rule."""
+
+    def __init__(self, info):
+        self.status = "done" if info.ok else "failed"
+        self.exit_code = info.exit_code
+
+
+@app.command("adapt", cls=Command,
+             short_help="Adapt the shipped meta-prior to your scans from their measurements alone.")
 def adapt_cli(
-    kspace: list[Path] = typer.Option(..., "--kspace", "-k", help="k-space file(s) (.h5, Siemens twix .dat) or folder(s) of one scanner/protocol."),
-    more: list[Path] | None = typer.Argument(None, help="More k-space files (mp adapt --kspace a.h5 b.h5)."),
-    prior: Path | None = typer.Option(None, help="Prior weights (default: the shipped meta-prior)."),
-    out: Path | None = typer.Option(None, "--out", "-o",
-                                       help="Adapted weights (default: RECON/adapted.safetensors or ./adapted.safetensors)."),
-    loss: str = typer.Option("ssdu", help="Measurement-only loss: ssdu | wssdu | ei | mc"),
-    steps: int = typer.Option(40, help="Maximum adaptation steps (early stopping may end sooner)."),
-    lam: float = typer.Option(1e-2, help="Proximity weight λ of λ/2‖φ − θ*‖²."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    patience: int = typer.Option(4, help="Stop after this many steps without self-validation improvement."),
-    recon: Path | None = typer.Option(None, help="Also reconstruct the inputs into this folder."),
-    formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", help="Formats for --recon (repeatable)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    seed: int = typer.Option(0, help="Seed of every random choice (splits, slices)."),
-    plot: Path | None = typer.Option(None, help="Write the training/self-validation loss curve (PNG)."),
-    overwrite: bool = typer.Option(False, help="Replace existing outputs."),
+    kspace: list[Path] = typer.Option(..., "--kspace", "-k", metavar="SCAN|DIR",
+                                      help="k-space file (.h5, Siemens twix .dat) or folder of one scanner and "
+                                      "protocol; more files may follow it."),
+    more: list[Path] | None = typer.Argument(None, metavar="MORE_SCANS...",
+                                             help="More k-space files of the same protocol."),
+    prior: Path | None = typer.Option(None, metavar="WEIGHTS.safetensors",
+                                      help="Prior to start from (default: the shipped meta-prior)."),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="WEIGHTS.safetensors",
+                                    help="Where to write the adapted network (default: "
+                                    "DIR/adapted.safetensors with --recon DIR, else ./adapted.safetensors)."),
+    loss: str = typer.Option("ssdu", metavar="LOSS", help="Measurement-only loss: ssdu, wssdu, ei or mc."),
+    steps: int = typer.Option(40, metavar="N", help="Most adaptation steps (early stopping may end sooner)."),
+    lam: float = typer.Option(1e-2, metavar="NUMBER", help="Proximity weight λ of λ/2‖φ − θ*‖²."),
+    lr: float = typer.Option(1e-3, metavar="NUMBER", help="Adam learning rate."),
+    patience: int = typer.Option(4, metavar="N", help="Stop after N steps without self-validation improvement."),
+    recon: Path | None = typer.Option(None, metavar="DIR", help="Also reconstruct the scans into this folder."),
+    formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
+                                      help="Formats for --recon: h5, nifti or dicom; repeat for several."),
+    device: str = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    seed: int = typer.Option(0, metavar="N", help="Seed of every random choice (splits, slices)."),
+    plot: Path | None = typer.Option(None, metavar="CURVE.png",
+                                     help="Also plot the training and self-validation losses."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
-    """Adapt the meta-prior to your scans using only their measurements.
+    """Adapt the shipped meta-prior to your scans from their measurements alone.
 
-    Example: mp adapt --kspace scan.h5 --recon out/
+    Fine-tunes the network on the acquired k-space (no ground truth), stops
+    when held-out k-space stops improving, and writes the adapted weights.
+
+    Examples:
+
+    \b
+      mp adapt --kspace scan.h5 --recon out/
+      mp adapt --kspace scans/ --recon out/ --format dicom --plot out/curve.png
+      mp adapt --kspace a.h5 b.h5 --out site.safetensors
     """
     with _guard():
         import torch
@@ -412,28 +472,46 @@ def adapt_cli(
         raise typer.Exit(_batch_exit(outcomes) if outcomes else EXIT_OK)
 
 
-@app.command("meta-train")
+@app.command("meta-train", cls=Command,
+             short_help="Meta-train a prior by bilevel optimisation over acquisition tasks (advanced).")
 def meta_train_cli(
-    out: Path = typer.Option(..., "--out", "-o", help="Final weights (.safetensors); the checkpoint goes beside it."),
-    config: Path | None = typer.Option(None, help="TOML config (see mpcli/configs/meta_prior.toml; the default "
+    out: Path = typer.Option(..., "--out", "-o", metavar="PRIOR.safetensors",
+                             help="Final weights; the checkpoint and the log go beside it."),
+    config: Path | None = typer.Option(None, metavar="CONFIG.toml",
+                                       help="Training config (see mpcli/configs/meta_prior.toml, the default "
                                        "in site mode)."),
-    data: Path | None = typer.Option(None, help="Folder of fully sampled fastMRI files to add as a training source."),
-    kspace: list[Path] | None = typer.Option(None, "--kspace", help="Site mode: undersampled archive (.h5 or Siemens twix .dat files, or folders), no ground truth."),
-    init: str | None = typer.Option(None, help="Start from 'shipped' or a weights file (site mode default: shipped)."),
-    steps: int | None = typer.Option(None, help="Outer steps (overrides the config)."),
-    inner_steps: int | None = typer.Option(None, help="Inner steps per task."),
-    inner_loss: str | None = typer.Option(None, help="Inner (measurement-only) loss: ssdu | wssdu | ei | mc."),
+    data: Path | None = typer.Option(None, metavar="DIR",
+                                     help="Folder of fully sampled fastMRI files to add as a training source."),
+    kspace: list[Path] | None = typer.Option(None, "--kspace", metavar="SCAN|DIR",
+                                             help="Site mode: an undersampled archive (.h5 or twix .dat files, or "
+                                             "folders; no ground truth); repeat for several."),
+    init: str | None = typer.Option(None, metavar="shipped|FILE",
+                                    help="Start from the shipped prior or a weights file (site mode: shipped)."),
+    steps: int | None = typer.Option(None, metavar="N", help="Outer steps (overrides the config)."),
+    inner_steps: int | None = typer.Option(None, metavar="N", help="Inner steps per task."),
+    inner_loss: str | None = typer.Option(None, metavar="LOSS",
+                                          help="Inner (measurement-only) loss: ssdu, wssdu, ei or mc."),
     first_order: bool = typer.Option(False, "--first-order", help="First-order hypergradient (no second derivatives)."),
-    resume: bool = typer.Option(False, help="Continue from the checkpoint beside --out (bit-for-bit)."),
-    seed: int | None = typer.Option(None, help="Seed (overrides the config)."),
-    device: str | None = typer.Option(None, help="auto | cpu | cuda (overrides the config)."),
-    log: Path | None = typer.Option(None, help="JSONL log (default: OUT with .jsonl)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint beside --out (bit-for-bit)."),
+    seed: int | None = typer.Option(None, metavar="N", help="Seed (overrides the config)."),
+    device: str | None = typer.Option(None, metavar="DEVICE", help="auto, cpu or cuda (overrides the config)."),
+    log: Path | None = typer.Option(None, metavar="LOG.jsonl", help="Training log (default: --out with .jsonl)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
-    """Meta-train a prior by bilevel optimisation over acquisition tasks.
+    """Meta-train a prior by bilevel optimisation over acquisition tasks (advanced).
 
-    Example: mp meta-train --config mpcli/configs/meta_prior.toml --out prior.safetensors
-    Multi-GPU: torchrun --nproc_per_node=4 -m mpcli meta-train --config ... --out ...
+    Examples:
+
+    \b
+      mp meta-train --config mpcli/configs/meta_prior.toml \\
+                    --out prior.safetensors
+      mp meta-train --init shipped --kspace archive/ --out site.safetensors
+
+    Several GPUs (PyTorch's torchrun):
+
+    \b
+      torchrun --nproc_per_node=4 -m mpcli meta-train \\
+               --config CONFIG.toml --out prior.safetensors
     """
     with _guard():
         import dataclasses

@@ -1,0 +1,75 @@
+"""How ``mp --help`` reads: plain words a clinician can type, in the order of use.
+
+Click and Typer describe parameters by their Python types (``<list[Path]>``,
+``{inputs}...``) and cut command summaries at ~45 characters. Here:
+
+- :class:`Command` prints each argument by its ``metavar`` (``SCAN|DIR...``)
+  and a usage line that starts with what must be typed
+  (``mp reconstruct SCAN|DIR... --out DIR [OPTIONS]``);
+- :class:`Group` lists the commands in :data:`ORDER` (then any others in the
+  order they were added) and never cuts a summary;
+- :func:`verbatim` marks a block (examples, the exit-code table) that click
+  must print line by line instead of re-wrapping it into a paragraph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typer.core import TyperCommand, TyperGroup
+
+# typer vendors its own click: parameters are told apart by ``param_type_name``
+_ARG, _OPT = "argument", "option"
+
+# The order a new user meets the commands: look at the files, adapt, reconstruct,
+# score; training a prior is for later.
+ORDER = ("info", "adapt", "reconstruct", "eval", "watch", "meta-train")
+
+
+def verbatim(lines: str) -> str:
+    """A help block click prints as is (``\\b`` stops its paragraph re-wrapping)."""
+    return "\b\n" + "\n".join(line.rstrip() for line in lines.strip("\n").splitlines())
+
+
+class Command(TyperCommand):
+    """A Typer command whose help shows metavars, not Python types."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """What must be typed first: required arguments, required options, then the rest."""
+        params = self.get_params(ctx)
+        name = lambda p: p.metavar or p.name.upper()
+        pieces = [name(p) for p in params if p.param_type_name == _ARG and p.required]
+        pieces += [f"{max(p.opts, key=len)} {name(p)}" for p in params if p.param_type_name == _OPT and p.required]
+        pieces += [f"[{name(p)}]" for p in params if p.param_type_name == _ARG and not p.required]
+        return [*pieces, self.options_metavar] if self.options_metavar else pieces
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        args = [(p.metavar or p.name.upper(), p.help or "") for p in self.get_params(ctx)
+                if p.param_type_name == _ARG and not getattr(p, "hidden", False)]
+        opts = [rv for p in self.get_params(ctx) if p.param_type_name == _OPT
+                and (rv := p.get_help_record(ctx)) is not None]
+        if args:
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
+        if opts:
+            with formatter.section("Options"):
+                formatter.write_dl(opts)
+
+
+class Group(TyperGroup):
+    """The ``mp`` group: commands in the order of use, summaries never cut."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = list(self.commands)
+        rank = {name: i for i, name in enumerate(ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(ORDER)), names.index(n)))
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.short_help or cmd.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)

@@ -1,0 +1,111 @@
+"""``mp --help`` for a clinician: metavars to type, whole summaries, examples as examples.
+
+Help is rendered at 80 columns (a normal terminal). The README's command
+blocks are checked against the help too, so the two cannot drift apart.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mpcli.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("info", "adapt", "reconstruct", "eval", "meta-train")
+
+
+def help_text(*args) -> str:
+    res = CliRunner().invoke(app, [*args, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    return res.stdout
+
+
+def _summaries(top: str) -> dict[str, str]:
+    """command → its summary in ``mp --help`` (continuation lines joined)."""
+    block = top.split("Commands:\n", 1)[1].split("\n\n", 1)[0]
+    rows: dict[str, str] = {}
+    name = None
+    for line in block.splitlines():
+        m = re.match(r"  (\S+)\s+(.*)", line)
+        if m and not line.startswith("    "):
+            name = m.group(1)
+            rows[name] = m.group(2).strip()
+        elif name:
+            rows[name] += " " + line.strip()
+    return rows
+
+
+def test_commands_listed_in_order_of_use_with_whole_summaries():
+    top = help_text()
+    rows = _summaries(top)
+    listed = [n for n in rows if n in COMMANDS]
+    assert listed == list(COMMANDS)
+    for name in COMMANDS:
+        first_line = help_text(name).split("\n\n")[1].strip()  # the command's own first paragraph
+        summary = rows[name]
+        assert "..." not in summary and "…" not in summary, summary
+        assert " ".join(first_line.split()) == summary, (name, summary)
+
+
+@pytest.mark.parametrize("command", ("", *COMMANDS))
+def test_help_shows_what_to_type_not_python_types(command):
+    text = help_text(*([command] if command else []))
+    for python_ish in ("<list", "<path>", "<int>", "<str>", "<float>", "{", "no-overwrite", "no-resume"):
+        assert python_ish not in text, (command, python_ish)
+    assert all(len(line) <= 80 for line in text.splitlines()), [ln for ln in text.splitlines() if len(ln) > 80]
+    if command:
+        usage = text.splitlines()[0]
+        assert usage.startswith(f"Usage: mp {command} ") and usage.endswith("[OPTIONS]"), usage
+        # every option that takes a value names it in capitals (or a literal such as shipped|FILE)
+        for line in text.split("Options:\n", 1)[1].splitlines():
+            m = re.match(r"\s+(?:-\w, )?(--[\w-]+)(?: (\S+))?", line)
+            if m and m.group(2):
+                assert re.search(r"[A-Z]", m.group(2)), line
+
+
+def test_usage_lines_say_what_to_type():
+    assert help_text("reconstruct").splitlines()[0] == "Usage: mp reconstruct SCAN|DIR... --out DIR [OPTIONS]"
+    assert help_text("adapt").splitlines()[0] == "Usage: mp adapt --kspace SCAN|DIR [MORE_SCANS...] [OPTIONS]"
+    assert help_text("info").splitlines()[0] == "Usage: mp info SCAN|DIR... [OPTIONS]"
+
+
+def test_examples_render_one_per_line():
+    text = help_text("meta-train")
+    # the multi-GPU line is its own example, not glued to the previous sentence
+    assert "prior.safetensors Multi-GPU" not in text
+    assert re.search(r"^    torchrun --nproc_per_node=4 -m mpcli meta-train", text, re.M)
+    for command in COMMANDS:
+        examples = [ln.strip() for ln in help_text(command).splitlines() if ln.startswith("    mp ")]
+        assert examples, command
+        assert all(ex.startswith(f"mp {command} ") for ex in examples), examples
+
+
+def test_exit_codes_are_one_per_line():
+    text = help_text()
+    table = text.split("Exit codes:\n\n", 1)[1].rstrip("\n").splitlines()
+    assert [int(line.split()[0]) for line in table] == [0, 1, 2, 3, 4, 5, 6, 7, 130]
+
+
+def _readme_blocks(command: str) -> list[str]:
+    """The README's code lines that run ``mp <command>``, continuation lines joined."""
+    text = (ROOT / "README.md").read_text()
+    code = "\n".join(re.findall(r"```\n(.*?)```", text, re.S))
+    joined = re.sub(r"\n\s+(?=[\[-])", " ", code)  # synopsis continuation lines
+    return [ln for ln in joined.splitlines() if re.match(rf"\s*(mp|.*-m mpcli) {re.escape(command)}\b", ln)]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_examples_use_only_options_the_help_lists(command):
+    text = help_text(command)
+    known = set(re.findall(r"(--[a-z][\w-]*)", text.split("Options:\n", 1)[1]))
+    known |= set(re.findall(r"\s(-\w),", text))
+    lines = _readme_blocks(command)
+    assert lines, f"README shows no example of mp {command}"
+    for line in lines:
+        line = line.split("#", 1)[0]
+        for opt in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", line):
+            if opt in ("--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint"):
+                continue  # torchrun's own options
+            assert opt in known, (command, opt, line)
