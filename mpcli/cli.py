@@ -196,7 +196,8 @@ def reconstruct_cli(
             select_shard,
         )
         from mpcli.device import resolve_device
-        from mpcli.errors import InputError, UsageError
+        from mpcli.errors import InputError, OutputError, UsageError
+        from mpcli.io.paths import expect_folder_or_absent
         from mpcli.reconstruct import (
             FORMATS,
             METHODS,
@@ -211,6 +212,7 @@ def reconstruct_cli(
         if bad:
             raise UsageError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
         parse_shard(shard)
+        expect_folder_or_absent(out_dir, "the output folder --out", error=OutputError)
         check_output_dir(out_dir, inputs)
         files = collect_inputs(inputs)
         if not files:
@@ -386,7 +388,8 @@ def adapt_cli(
         )
         from mpcli.deploy import adapt_files
         from mpcli.device import resolve_device
-        from mpcli.errors import InputError, UsageError
+        from mpcli.errors import InputError, OutputError, UsageError
+        from mpcli.io.paths import expect_file_to_write, expect_folder_or_absent
         from mpcli.meta.adapt import AdaptConfig
         from mpcli.meta.losses import LOSSES, is_measurement_only
         from mpcli.reconstruct import (
@@ -403,6 +406,7 @@ def adapt_cli(
             raise UsageError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
         inputs = list(kspace) + list(more or [])
         if recon is not None:
+            expect_folder_or_absent(recon, "the folder --recon", error=OutputError)
             check_output_dir(recon, inputs)
         files = collect_inputs(inputs)
         if not files:
@@ -414,6 +418,7 @@ def adapt_cli(
             preflight(files, recon, plan_outputs(files, output_stems(files), tuple(formats), list_frames),
                       overwrite=overwrite)
         weights = out or ((recon / "adapted.safetensors") if recon else Path("adapted.safetensors"))
+        expect_file_to_write(weights, "the adapted weights file (--out)", "adapted.safetensors", error=OutputError)
         dev = resolve_device(device)
         torch.manual_seed(seed)
         config = AdaptConfig(loss=loss, steps=steps, lam=lam, lr=lr, patience=patience, seed=seed)
@@ -516,10 +521,14 @@ def meta_train_cli(
     with _guard():
         import dataclasses
 
-        from mpcli.errors import InputError
+        from mpcli.errors import InputError, OutputError
+        from mpcli.io.paths import expect_file, expect_file_to_write
         from mpcli.io.weights import SHIPPED_CONFIG
         from mpcli.meta.train import MetaTrainConfig, meta_train, meta_train_site
 
+        expect_file_to_write(out, "the prior's weights file (--out)", "prior.safetensors", error=OutputError)
+        if config is not None:
+            expect_file(config, "a .toml config file like mpcli/configs/meta_prior.toml", suffixes=(".toml",))
         if config is None and kspace:  # site mode continues the shipped prior's inner problem
             config = SHIPPED_CONFIG
         cfg = MetaTrainConfig.from_toml(config) if config else MetaTrainConfig()

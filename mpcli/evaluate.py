@@ -112,9 +112,9 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, dict]:
     (HDF5) or ``affine`` (NIfTI). Raises :class:`InputError` when the file is
     missing, unreadable, of another format, or holds no finite image volume.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
+    from mpcli.io.paths import expect_file
+
+    path = expect_file(path, "an .h5, .nii or .nii.gz image file", suffixes=H5_SUFFIXES + NIFTI_SUFFIXES)
     lower = path.name.lower()
     if lower.endswith(H5_SUFFIXES):
         vol, meta = _load_h5(path)

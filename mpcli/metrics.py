@@ -89,10 +89,11 @@ def nmse(gt: np.ndarray, pred: np.ndarray) -> float:
 
 
 def psnr(gt: np.ndarray, pred: np.ndarray, maxval: float | None = None) -> float:
-    """PSNR in dB with data range ``maxval`` (default gt.max())."""
+    """PSNR in dB with data range ``maxval`` (default gt.max()); +inf for identical images."""
     gt, pred = _pair(gt, pred)
     maxval = float(gt.max()) if maxval is None else float(maxval)
-    return float(10 * np.log10(maxval**2 / np.mean((gt - pred) ** 2)))
+    with np.errstate(divide="ignore"):  # identical images: +inf, not a RuntimeWarning on a user's terminal
+        return float(10 * np.log10(maxval**2 / np.mean((gt - pred) ** 2)))
 
 
 def ssim(gt: np.ndarray, pred: np.ndarray, maxval: float | None = None) -> float:

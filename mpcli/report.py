@@ -38,7 +38,9 @@ def _save(fig, path: str | Path) -> Path:
     """Save ``fig`` as PNG to ``path`` atomically (temp file + ``os.replace``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    path = Path(path)
+    from mpcli.io.paths import expect_file_to_write
+
+    path = expect_file_to_write(path, "a PNG file", "figure.png", error=OutputError)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     FigureCanvasAgg(fig)
     try:

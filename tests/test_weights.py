@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 
 import pytest
@@ -104,7 +105,7 @@ def test_weights_mismatched_tensors_are_refused(tmp_path):
 
 
 def test_missing_weights_are_a_model_error(tmp_path):
-    with pytest.raises(ModelError, match="not found"):
+    with pytest.raises(ModelError, match=re.escape("no such file; expected a .safetensors weights file")):
         load_weights(tmp_path / "absent.safetensors")
     if not SHIPPED_PRIOR.exists():
         with pytest.raises(ModelError, match="shipped meta-prior not found"):

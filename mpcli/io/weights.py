@@ -145,12 +145,14 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """
     from safetensors import safe_open
 
+    from mpcli.io.paths import expect_file
+
     path = Path(path)
-    if not path.is_file():
-        if path.resolve() == SHIPPED_PRIOR:
-            raise ModelError(path, "shipped meta-prior not found (the package was installed "
-                             "without its weights; reinstall mpcli or pass --weights FILE)")
-        raise ModelError(path, "weights file not found")
+    if not path.exists() and path.resolve() == SHIPPED_PRIOR:
+        raise ModelError(path, "shipped meta-prior not found (the package was installed "
+                         "without its weights; reinstall mpcli, or pass --prior/--model FILE)")
+    expect_file(path, "a .safetensors weights file written by mp adapt or mp meta-train",
+                suffixes=(".safetensors",), error=ModelError)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
