@@ -452,7 +452,9 @@ def adapt_cli(
             nan = float("nan")
             loss_curve([c["step"] for c in curve], [nan if c["train"] is None else c["train"] for c in curve],
                        [c["val"] for c in curve],
-                       plot, best_step=res.best_step)
+                       plot, best_step=res.best_step,
+                       stop_note=(f"stopped: no improvement for {patience} steps" if res.stopped_early
+                                  else f"ran all {len(curve) - 1} steps"))
         summary = {"weights": str(adapted.weights), "sha256": adapted.sha256, "parent_sha256": adapted.parent_sha256,
                    "steps": len(res.curve) - 1, "best_step": res.best_step, "stopped_early": res.stopped_early,
                    "val_loss_prior": res.curve[0]["val"], "val_loss_best": min(c["val"] for c in res.curve),

@@ -3,7 +3,8 @@
 - :func:`figure`: montage — row 1 the reference and each method, row 2 the
   absolute error |method − reference| of each, all error maps at one common
   scale; PSNR / SSIM under each image.
-- :func:`loss_curve`: training and self-validation loss against steps.
+- :func:`loss_curve`: the self-validation loss early stopping decides on, and the
+  training loss, against steps.
 
 Figures are built on a bare ``matplotlib.figure.Figure`` (no pyplot, no global
 state, no display needed) and saved to a temporary name in the destination
@@ -122,18 +123,21 @@ def figure(
     return _save(fig, path)
 
 
-def loss_curve(
+def loss_curve_figure(
     steps: Sequence[float],
     train_loss: Sequence[float],
     val_loss: Sequence[float] | None,
-    path: str | Path,
     best_step: float | None = None,
-) -> Path:
-    """Plot training and self-validation losses against steps; return the PNG path.
+    stop_note: str | None = None,
+):
+    """The figure behind :func:`loss_curve` (a bare matplotlib ``Figure``).
 
-    ``val_loss`` may be None or contain NaN where it was not measured. The y
-    axis is logarithmic when every loss is positive. ``best_step`` (the
-    early-stopping choice) is marked with a vertical line.
+    Top panel: the self-validation loss — the loss on acquired k-space held out
+    from training, on which early stopping decides — on its own linear axis,
+    scaled to its own range, so a change of a fraction of a percent is visible;
+    the best step is marked and labelled with its change from step 0 (the
+    prior). Bottom panel: the training loss (linear, its own scale). No legend
+    sits on the curves: each panel is one curve, named by its axis label.
     """
     from matplotlib.figure import Figure
 
@@ -141,25 +145,55 @@ def loss_curve(
     train = np.asarray(train_loss, dtype=float)
     if train.shape != steps_a.shape:
         raise ValueError(f"train_loss has {train.size} values for {steps_a.size} steps")
-    fig = Figure(figsize=(6, 4), dpi=100)
-    ax = fig.subplots()
-    ax.plot(steps_a, train, label="training loss", color="tab:blue")
-    values = [train[np.isfinite(train)]]
+    val = None
     if val_loss is not None:
         val = np.asarray(val_loss, dtype=float)
         if val.shape != steps_a.shape:
             raise ValueError(f"val_loss has {val.size} values for {steps_a.size} steps")
-        ok = np.isfinite(val)
-        ax.plot(steps_a[ok], val[ok], "o-", ms=3, label="self-validation loss", color="tab:orange")
-        values.append(val[ok])
-    if best_step is not None:
-        ax.axvline(best_step, color="gray", ls="--", lw=1, label=f"best step {best_step:g}")
-    allv = np.concatenate(values) if values else np.array([])
-    if allv.size and (allv > 0).all():
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)
+    fig = Figure(figsize=(6.4, 5.6), dpi=100, layout="constrained")
+    ax_val, ax_train = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    title = "mp adapt: early stopping on the self-validation loss"
+    ok = np.isfinite(val) if val is not None else np.zeros(steps_a.shape, bool)
+    if ok.any():
+        v, s = val[ok], steps_a[ok]
+        ax_val.plot(s, v, "o-", ms=4, color="tab:orange")
+        lo, hi = float(v.min()), float(v.max())
+        pad = 0.12 * (hi - lo) if hi > lo else 0.05 * abs(hi) or 1.0
+        ax_val.set_ylim(lo - pad, hi + pad)
+        if best_step is not None and np.any(s == best_step):
+            best = float(v[s == best_step][0])
+            change = f", {100 * (best - v[0]) / v[0]:+.2f} % vs step 0" if v[0] != 0 and s[0] != best_step else ""
+            ax_val.plot([best_step], [best], "*", ms=14, color="tab:red", zorder=3)
+            ax_val.text(0.98, 0.95, f"kept: step {best_step:g}{change}", transform=ax_val.transAxes,
+                        ha="right", va="top", fontsize=9, color="tab:red")
+            title += f"\nkept step {best_step:g} of {s[-1]:g}" + (f"; {stop_note}" if stop_note else "")
+    else:
+        ax_val.text(0.5, 0.5, "no self-validation loss measured", ha="center", va="center",
+                    transform=ax_val.transAxes)
+    ax_val.set_ylabel("self-validation loss\n(held-out k-space)")
+    ax_train.plot(steps_a, train, color="tab:blue")
+    ax_train.set_ylabel("training loss")
+    ax_train.set_xlabel("adaptation step (0 = the prior)")
+    for ax in (ax_val, ax_train):
+        ax.grid(True, alpha=0.3)
+        if best_step is not None:
+            ax.axvline(best_step, color="tab:red", ls="--", lw=1)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def loss_curve(
+    steps: Sequence[float],
+    train_loss: Sequence[float],
+    val_loss: Sequence[float] | None,
+    path: str | Path,
+    best_step: float | None = None,
+    stop_note: str | None = None,
+) -> Path:
+    """Plot the self-validation and training losses against steps (PNG); return its path.
+
+    ``val_loss`` may be None or contain NaN where it was not measured;
+    ``best_step`` is the early-stopping choice and ``stop_note`` why the run
+    ended, for the title (see :func:`loss_curve_figure`).
+    """
+    return _save(loss_curve_figure(steps, train_loss, val_loss, best_step, stop_note), path)

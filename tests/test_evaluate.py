@@ -26,7 +26,7 @@ from mpcli.evaluate import (
 )
 from mpcli.io.fastmri import write_reconstruction
 from mpcli.io.nifti import write_nifti
-from mpcli.report import figure, loss_curve
+from mpcli.report import figure, loss_curve, loss_curve_figure
 from mpcli.scan import Geometry
 
 S, H, W = 3, 24, 20
@@ -165,6 +165,25 @@ def test_loss_curve_png(tmp_path):
     steps = np.arange(50)
     val = np.where(steps % 5 == 0, 1.0 / (1 + steps) + 0.2, np.nan)
     out = loss_curve(steps, 1.0 / (1 + steps), val, tmp_path / "loss.png", best_step=30)
-    assert imread(out).shape[:2] == (400, 600)
+    assert imread(out).shape[:2] == (560, 640)
     with pytest.raises(ValueError):
         loss_curve(steps, steps[:-1], None, tmp_path / "bad.png")
+
+
+def test_loss_curve_shows_the_early_stopping_decision():
+    """A 0.5 % self-validation change fills its panel (it looked flat on a shared log axis with a
+    training loss 10× larger); the kept step is marked; no legend lies over a curve; there is a title."""
+    steps = np.arange(9)
+    train = np.linspace(10.0, 6.0, 9)
+    train[0] = np.nan  # no training loss at step 0 (the prior)
+    val = 1.0 - 0.005 * np.array([0, 0.6, 1.0, 0.9, 0.8, 0.85, 0.7, 0.75, 0.8])
+    fig = loss_curve_figure(steps, train, val, best_step=2, stop_note="stopped: no improvement for 4 steps")
+    ax_val, ax_train = fig.axes
+    lo, hi = ax_val.get_ylim()
+    assert ax_val.get_yscale() == "linear" and (val.max() - val.min()) / (hi - lo) > 0.7
+    assert "self-validation" in ax_val.get_ylabel() and "training" in ax_train.get_ylabel()
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert "kept step 2 of 8" in fig._suptitle.get_text() and "no improvement" in fig._suptitle.get_text()
+    kept = [t.get_text() for t in ax_val.texts]
+    assert any("kept: step 2" in t and "-0.50 %" in t for t in kept), kept
+    assert any(list(line.get_xdata()) == [2, 2] for line in ax_val.lines)  # the vertical marker
