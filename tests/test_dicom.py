@@ -139,7 +139,7 @@ def test_dicom_pixels_round_trip_within_half_a_step(tmp_path):
     image, _ = read_dicom_series(tmp_path / "s")
     ds = pydicom.dcmread(tmp_path / "s" / "IM0001.dcm")
     slope = float(ds.RealWorldValueMappingSequence[0].RealWorldValueSlope)
-    assert slope == float(ds.RescaleSlope) and float(ds.RescaleIntercept) == 0.0
+    assert "RescaleSlope" not in ds and "RescaleIntercept" not in ds  # a magnitude: displayed = stored
     assert np.abs(image - marker_image()).max() <= slope / 2 + 1e-6
     assert ds.RealWorldValueMappingSequence[0].MeasurementUnitsCodeSequence[0].CodingSchemeDesignator == "UCUM"
 
@@ -248,3 +248,73 @@ def test_assumed_geometry_is_flagged_and_single_slice_is_clean(tmp_path):
     ds = pydicom.dcmread(files[0])
     assert "assumed" in ds.ImageComments and "SpacingBetweenSlices" not in ds
     assert dciodvfy_errors(files[0]) == []
+
+
+def _viewer_render(path: Path) -> np.ndarray:
+    """8-bit grey levels as a viewer draws a slice: stored → Modality LUT → VOI (window) → display.
+
+    pydicom's ``apply_modality_lut`` and ``apply_voi_lut`` implement PS3.3's
+    pipeline (C.11.1 and C.11.2) independently of our writer.
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(path)
+    shown = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)  # [H, W] in 0 .. 2^BitsStored - 1
+    return np.rint(np.asarray(shown, np.float64) / (2 ** ds.BitsStored - 1) * 255)
+
+
+def test_dicom_window_opens_the_sample_brain_in_grey_levels(tmp_path):
+    """The sample's brain, in the small arbitrary units of a reconstruction (max ≈ 0.55), opens with
+    black background, tissue spread over the grey levels and almost nothing saturated."""
+    import h5py
+
+    sample = Path(__file__).resolve().parents[1] / "sample_data" / "brain_fastmri.h5"
+    with h5py.File(sample, "r") as f:
+        ref = f["reconstruction_rss"][()].astype(np.float32)  # [S, H, W]
+    ref = ref / ref.max() * 0.55
+    s = ref.shape[0]
+    geometry = Geometry.default(s, (1.8, 1.8, 5.0))
+    files = write_dicom_series(tmp_path / "s", ref, geometry, identity={}, protocol={}, provenance=PROVENANCE)
+    dss = [pydicom.dcmread(f) for f in files]
+    centres = {float(d.WindowCenter) for d in dss}
+    widths = {float(d.WindowWidth) for d in dss}
+    assert len(centres) == len(widths) == 1  # one window for the series
+    width = widths.pop()
+    assert width >= 1 and dss[0].VOILUTFunction == "LINEAR"
+    shown = np.stack([_viewer_render(f) for f in files])  # [S, H, W] 0..255
+    tissue = ref > 0.15 * ref.max()
+    background = ref < 0.01 * ref.max()
+    assert np.median(shown[background]) <= 3
+    assert 60 <= np.median(shown[tissue]) <= 220
+    assert np.ptp(np.percentile(shown[tissue], [5, 95])) >= 80  # contrast inside the brain
+    assert (shown == 255).mean() <= 0.006  # only the brightest ~0.5 % are white
+    # monotone in the image values: the rendering is a windowed linear map, not a re-ordering
+    order = np.argsort(ref.ravel())
+    assert np.all(np.diff(shown.ravel()[order]) >= -1)
+
+
+def test_window_tags_are_sensible_and_clean(tmp_path):
+    files = write(tmp_path / "s", make_geometry("axial", False))
+    ds = pydicom.dcmread(files[0])
+    image, _ = read_dicom_series(tmp_path / "s")  # reconstruction units
+    slope = float(ds.RealWorldValueMappingSequence[0].RealWorldValueSlope)
+    lo = float(ds.WindowCenter) - float(ds.WindowWidth) / 2
+    hi = lo + float(ds.WindowWidth) - 1
+    assert lo * slope == pytest.approx(image.min(), abs=slope)
+    assert hi * slope == pytest.approx(np.percentile(image, 99.5), rel=1e-3)  # the marker (10.0) is above
+    assert hi * slope < image.max()
+    if _tool("dciodvfy"):
+        assert dciodvfy_errors(files[0]) == []
+
+
+def test_signed_volume_gets_an_integer_rescale_and_window(tmp_path):
+    values = np.linspace(-3, 7, S * H * W, dtype=np.float32).reshape(S, H, W)
+    geometry = make_geometry("axial", False)
+    files = write_dicom_series(tmp_path / "s", values, geometry, identity={}, protocol={}, provenance=PROVENANCE)
+    ds = pydicom.dcmread(files[0])
+    slope = float(ds.RealWorldValueMappingSequence[0].RealWorldValueSlope)
+    assert float(ds.RescaleSlope) == 1 and float(ds.RescaleIntercept) == round(-3 / slope)
+    lo = float(ds.WindowCenter) - float(ds.WindowWidth) / 2
+    assert lo * slope == pytest.approx(-3, abs=2 * slope)
+    image, _ = read_dicom_series(tmp_path / "s")
+    assert np.abs(image - values).max() <= slope / 2 + 1e-6

@@ -11,9 +11,22 @@ row* (increasing column index) and Y the direction along a column. Hence, with
     PixelSpacing = [dr, dp]                      (row spacing, column spacing)
     IPP_k        = c_k − (H//2)·dr·read − (W//2)·dp·phase  = voxel_to_lps · (0, 0, k, 1)
 
-Pixels. 16-bit unsigned, one scale for the whole volume:
-``value = RescaleSlope · stored + RescaleIntercept`` (intercept 0 for a
-non-negative magnitude), repeated in a Real World Value Mapping Sequence.
+Pixels. 16-bit unsigned, one scale for the whole volume. The reconstruction's
+own values (arbitrary units, often below 1) are
+``value = slope · stored + intercept``, recorded in the Real World Value
+Mapping Sequence (intercept 0 for a non-negative magnitude). What a viewer
+shows and windows are the integers themselves, as on a scanner's own MR
+images (no Rescale attributes, which the MR Image IOD does not define); a
+volume with negative values (never a magnitude) adds RescaleSlope 1 and
+RescaleIntercept ``round(intercept / slope)``, so displayed values stay
+proportional to the reconstruction's. A window in the reconstruction's units
+would often be narrower than 1, which the standard's LINEAR VOI function
+forbids (PS3.3 C.11.2.1.2).
+
+Window. WindowCenter/WindowWidth span the volume's minimum to its 99.5th
+percentile (one window for the whole series, so slices look alike while
+scrolling): a viewer opens the series with the tissue in grey levels and
+only the brightest 0.5 % of voxels white, not with a default window.
 
 Reproducibility. UIDs come from :func:`pydicom.uid.generate_uid` with entropy
 sources (input SHA-256, model SHA-256, version, method, pixel hash…), dates come
@@ -179,6 +192,28 @@ def quantize(volume: np.ndarray) -> tuple[np.ndarray, float, float]:
     return stored, slope, intercept
 
 
+def rescale_intercept(slope: float, intercept: float) -> int:
+    """The integer RescaleIntercept: displayed value = stored + it ≈ value / slope."""
+    return int(round(intercept / slope)) if slope > 0 else 0
+
+
+def display_window(stored: np.ndarray, offset: int, percentile: float = 99.5) -> tuple[float, float]:
+    """(WindowCenter, WindowWidth) in displayed units mapping [min, p-th percentile] to black → white.
+
+    With the LINEAR VOI function (PS3.3 C.11.2.1.2.1) a window (c, w) maps
+    ``c − 0.5 − (w − 1)/2`` to black and ``c − 0.5 + (w − 1)/2`` to white, so
+    ``w = hi − lo + 1`` and ``c = lo + w/2`` put black at ``lo`` and white at
+    ``hi``; ``w ≥ 1`` as the standard requires.
+    """
+    shown = stored.astype(np.float64) + offset  # [S, H, W] displayed values
+    lo = float(shown.min())
+    hi = float(np.percentile(shown, percentile))
+    if hi <= lo:
+        hi = float(shown.max())
+    width = max(hi - lo, 0.0) + 1.0
+    return lo + width / 2, width
+
+
 # --------------------------------------------------------------------------- datasets
 
 
@@ -205,7 +240,8 @@ def _real_world_mapping(slope: float, intercept: float) -> Sequence:
 def _series_template(*, geometry: Geometry, identity: dict, protocol: dict, provenance: dict,
                      anonymize: bool, series_description: str | None, series_number: int | None,
                      series_uid: UID, study_uid: UID, for_uid: UID,
-                     slope: float, intercept: float, shape: tuple[int, int]) -> Dataset:
+                     slope: float, intercept: float, window: tuple[float, float],
+                     shape: tuple[int, int]) -> Dataset:
     """Everything shared by the slices of one series (all IOD modules but per-slice ones)."""
     method = str(provenance.get("method") or "unknown")
     version = str(provenance.get("version") or "unknown")
@@ -283,8 +319,14 @@ def _series_template(*, geometry: Geometry, identity: dict, protocol: dict, prov
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
-    ds.RescaleIntercept = _ds(intercept)
-    ds.RescaleSlope = _ds(slope)
+    offset = rescale_intercept(slope, intercept)
+    if offset:  # signed values only: the MR Image IOD has no Modality LUT, so not for a magnitude
+        ds.RescaleIntercept = _ds(offset)
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "US"  # unspecified units (the real-world mapping names them)
+    ds.WindowCenter, ds.WindowWidth = (_ds(v) for v in window)
+    ds.WindowCenterWidthExplanation = "MP MIN TO P99.5"
+    ds.VOILUTFunction = "LINEAR"
     # MR Image
     scanning = _scanning_sequence(protocol)
     ds.ScanningSequence = scanning
@@ -384,7 +426,7 @@ def write_dicom_series(out_dir: str | Path, image, geometry: Geometry, *, identi
         geometry=geometry, identity=identity, protocol=protocol, provenance=provenance,
         anonymize=anonymize, series_description=series_description, series_number=series_number,
         series_uid=series_uid, study_uid=study_uid, for_uid=for_uid, slope=slope,
-        intercept=intercept, shape=(h, w))
+        intercept=intercept, window=display_window(stored, rescale_intercept(slope, intercept)), shape=(h, w))
 
     aff = geometry.voxel_to_lps((h, w))  # [4, 4] (i, j, k) -> LPS mm
     normal = np.cross(np.asarray(geometry.phase_dir, float), np.asarray(geometry.read_dir, float))
@@ -411,7 +453,8 @@ def read_dicom_series(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a series written by :func:`write_dicom_series` (for tests and checks).
 
     Returns:
-        image ``[S, H, W]`` float32 with the rescale applied, slices in
+        image ``[S, H, W]`` float32 in the reconstruction's units (the Real
+        World Value Mapping applied; Rescale when there is none), slices in
         ``InstanceNumber`` order, and the 4×4 affine from ``(i, j, k)`` (i = row,
         j = column, k = slice) to LPS mm (equal to ``Geometry.voxel_to_lps``).
     """
@@ -422,8 +465,13 @@ def read_dicom_series(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
         dss = sorted((pydicom.dcmread(f) for f in files), key=lambda d: int(d.InstanceNumber))
     except Exception as e:
         raise InputError(directory, f"unreadable DICOM ({e})") from e
-    vol = np.stack([d.pixel_array.astype(np.float32) * float(d.RescaleSlope) + float(d.RescaleIntercept)
-                    for d in dss])  # [S, H, W]
+    def real(d) -> np.ndarray:  # [H, W]
+        if "RealWorldValueMappingSequence" in d:
+            m = d.RealWorldValueMappingSequence[0]
+            return d.pixel_array.astype(np.float64) * float(m.RealWorldValueSlope) + float(m.RealWorldValueIntercept)
+        return d.pixel_array.astype(np.float64) * float(d.RescaleSlope) + float(d.RescaleIntercept)
+
+    vol = np.stack([real(d) for d in dss])  # [S, H, W]
     iop = np.asarray(dss[0].ImageOrientationPatient, float)
     row_sp, col_sp = (float(v) for v in dss[0].PixelSpacing)
     ipp = np.asarray([d.ImagePositionPatient for d in dss], float)  # [S, 3]
