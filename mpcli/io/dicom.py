@@ -194,7 +194,7 @@ def quantize(volume: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 def rescale_intercept(slope: float, intercept: float) -> int:
     """The integer RescaleIntercept: displayed value = stored + it ≈ value / slope."""
-    return int(round(intercept / slope)) if slope > 0 else 0
+    return round(intercept / slope) if slope > 0 else 0
 
 
 def display_window(stored: np.ndarray, offset: int, percentile: float = 99.5) -> tuple[float, float]:
