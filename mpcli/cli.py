@@ -121,15 +121,36 @@ def _cell(value):
     return Text(printable(value))
 
 
-def _outcome_table(outcomes, title: str):
+def _outcome_table(outcomes, title: str, out_dir: Path | None = None):
+    """One row per input: its outputs by name (folders end in /) relative to ``out_dir``."""
     from rich.table import Table
+    from rich.text import Text
+
+    def shown(p: Path) -> str:
+        name = p.relative_to(out_dir).as_posix() if out_dir is not None and p.is_relative_to(out_dir) else str(p)
+        return name + ("/" if p.is_dir() else "")
 
     table = Table(title=title)
-    for col in ("input", "status", "outputs", "seconds", "error"):
-        table.add_column(col)
+    table.add_column("input", overflow="fold")
+    table.add_column("status")
+    table.add_column("outputs", overflow="fold")
+    table.add_column("seconds", justify="right")
+    if any(o.error for o in outcomes):
+        table.add_column("error", overflow="fold")
     for o in outcomes:
-        table.add_row(_cell(o.input.name), o.status, str(len(o.outputs)), f"{o.seconds:.1f}", _cell(o.error))
+        outputs = "\n".join(printable(shown(p)) for p in o.outputs) or "-"  # one name per line
+        row = [_cell(o.input.name), o.status, Text(outputs), f"{o.seconds:.1f}"]
+        if any(x.error for x in outcomes):
+            row.append(_cell(o.error))
+        table.add_row(*row)
     return table
+
+
+def _print_outcomes(outcomes, title: str, out_dir: Path | None) -> None:
+    """The outcome table, then where the outputs are (one line, never wrapped, to copy)."""
+    console.print(_outcome_table(outcomes, title, out_dir))
+    if out_dir is not None and any(o.outputs for o in outcomes):
+        console.print(f"written to {printable(out_dir)}/", soft_wrap=True, markup=False, highlight=False)
 
 
 def _batch_exit(outcomes) -> int:
@@ -233,7 +254,7 @@ def reconstruct_cli(
             outcomes = run_batch(files, out_dir, process, model_sha256=model_sha,
                                  options=options.manifest(), formats=options.formats, resume=resume,
                                  overwrite=overwrite, stems=stems, on_file=lambda o: progress.advance(task))
-        _report(outcomes, as_json, "mp reconstruct")
+        _report(outcomes, as_json, "mp reconstruct", out_dir)
         raise typer.Exit(_batch_exit(outcomes))
 
 
@@ -250,11 +271,11 @@ def _load_network(method: str, model: Path | None, dev):
     return net, meta["sha256"]
 
 
-def _report(outcomes, as_json: bool, title: str):
+def _report(outcomes, as_json: bool, title: str, out_dir: Path | None = None):
     if as_json:
         print(_outcomes_json(outcomes))
     else:
-        console.print(_outcome_table(outcomes, title))
+        _print_outcomes(outcomes, title, out_dir)
     for o in outcomes:
         if o.status == "failed":
             err.print(f"mp: error: {printable(o.error)}", markup=False, highlight=False, soft_wrap=True)
@@ -459,6 +480,7 @@ def adapt_cli(
                    "steps": len(res.curve) - 1, "best_step": res.best_step, "stopped_early": res.stopped_early,
                    "val_loss_prior": res.curve[0]["val"], "val_loss_best": min(c["val"] for c in res.curve),
                    "distance_to_prior": res.distance, "seconds": round(res.seconds, 2),
+                   "plot": str(plot) if plot is not None else None,
                    "recon": json.loads(_outcomes_json(outcomes)) if outcomes else []}
         if as_json:
             print(json.dumps(summary, indent=2))
@@ -466,13 +488,14 @@ def adapt_cli(
             from rich.table import Table
 
             table = Table(title="mp adapt", show_header=False)
-            for key in ("weights", "sha256", "steps", "best_step", "stopped_early", "val_loss_prior",
+            for key in ("weights", "plot", "sha256", "steps", "best_step", "stopped_early", "val_loss_prior",
                         "val_loss_best", "distance_to_prior", "seconds"):
                 value = summary[key]
-                table.add_row(key, f"{value:.5g}" if isinstance(value, float) else str(value))
+                if value is not None:
+                    table.add_row(key, _cell(f"{value:.5g}" if isinstance(value, float) else str(value)))
             console.print(table)
             if outcomes:
-                console.print(_outcome_table(outcomes, "reconstructions"))
+                _print_outcomes(outcomes, "reconstructions", recon)
         for o in outcomes:
             if o.status == "failed":
                 err.print(f"mp: error: {printable(o.error)}", markup=False, highlight=False, soft_wrap=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import stat
 import struct
 
 import pytest
@@ -135,3 +137,15 @@ def test_weights_metadata_is_normalised_to_json(tmp_path):
     _, meta = load_weights(path)
     assert meta["sha256"] == digest
     assert meta["sizes"] == [[128, 128]] and meta["data"] == str(tmp_path) and meta["lr"] == 0.5
+
+
+def test_weights_get_the_same_permissions_as_other_outputs(tmp_path):
+    """mkstemp creates 0600; the weights must be readable like every other output (0644 under umask 022)."""
+    old = os.umask(0o022)
+    try:
+        _, path, _ = _saved(tmp_path)
+        other = tmp_path / "other.txt"
+        other.write_text("x")
+        assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(other.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)

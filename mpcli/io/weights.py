@@ -92,6 +92,13 @@ def _full_metadata(metadata: dict) -> dict:
     return meta
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict) -> str:
     """Write ``state_dict`` and ``metadata`` to a safetensors file, atomically.
 
@@ -123,6 +130,7 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual 0644
         os.replace(tmp, path)
         tmp = None
     except OSError as err:
