@@ -104,8 +104,12 @@ def test_readme_examples_use_only_options_the_help_lists(command):
     lines = _readme_blocks(command)
     assert lines, f"README shows no example of mp {command}"
     for line in lines:
-        line = line.split("#", 1)[0]
-        for opt in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", line):
-            if opt in ("--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint"):
-                continue  # torchrun's own options
+        args = line.split("#", 1)[0].split(f" {command}", 1)[1]  # what follows the command (not torchrun's)
+        for opt in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", args):
             assert opt in known, (command, opt, line)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_synopsis_is_the_help_usage_line(command):
+    usage = help_text(command).splitlines()[0].removeprefix("Usage: ")
+    assert usage in (ROOT / "README.md").read_text(), usage
