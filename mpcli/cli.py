@@ -38,7 +38,7 @@ app = typer.Typer(
     help="Meta-prior MRI reconstruction: adapt a meta-learned network to your scanner's "
     "undersampled k-space without ground truth, reconstruct, write NIfTI/DICOM/HDF5.\n\n"
     + verbatim("""
-First time? Try the sample scan:
+First time? From the source folder, try the sample scan:
   mp info sample_data/
   mp adapt --kspace sample_data/brain_fastmri.h5 --recon out/
   mp eval out/brain_fastmri.h5 --ref sample_data/brain_fastmri.h5
