@@ -19,7 +19,6 @@ from rich.console import Console
 
 from mpcli import __version__
 from mpcli.errors import (
-    EXIT_CODES,
     EXIT_INPUT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -29,8 +28,6 @@ from mpcli.errors import (
     printable,
 )
 from mpcli.helptext import Command, Group, verbatim
-
-_EXIT_TABLE = verbatim("\n".join(f"{code:>3}  {text}" for code, text in EXIT_CODES.items()))
 
 app = typer.Typer(
     name="mp",
@@ -43,7 +40,6 @@ First time? From the source folder, try the sample scan:
   mp adapt --kspace sample_data/brain_fastmri.h5 --recon out/
   mp eval out/brain_fastmri.h5 --ref sample_data/brain_fastmri.h5
 """),
-    epilog=f"Exit codes:\n\n{_EXIT_TABLE}",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -217,8 +213,7 @@ def reconstruct_cli(
             select_shard,
         )
         from mpcli.device import resolve_device
-        from mpcli.errors import InputError, OutputError, UsageError
-        from mpcli.io.paths import expect_folder_or_absent
+        from mpcli.errors import InputError, UsageError
         from mpcli.reconstruct import (
             FORMATS,
             METHODS,
@@ -233,7 +228,6 @@ def reconstruct_cli(
         if bad:
             raise UsageError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
         parse_shard(shard)
-        expect_folder_or_absent(out_dir, "the output folder --out", error=OutputError)
         check_output_dir(out_dir, inputs)
         files = collect_inputs(inputs)
         if not files:
@@ -410,7 +404,7 @@ def adapt_cli(
         from mpcli.deploy import adapt_files
         from mpcli.device import resolve_device
         from mpcli.errors import InputError, OutputError, UsageError
-        from mpcli.io.paths import expect_file_to_write, expect_folder_or_absent
+        from mpcli.io.paths import expect_file_to_write
         from mpcli.meta.adapt import AdaptConfig
         from mpcli.meta.losses import LOSSES, is_measurement_only
         from mpcli.reconstruct import (
@@ -427,7 +421,6 @@ def adapt_cli(
             raise UsageError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
         inputs = list(kspace) + list(more or [])
         if recon is not None:
-            expect_folder_or_absent(recon, "the folder --recon", error=OutputError)
             check_output_dir(recon, inputs)
         files = collect_inputs(inputs)
         if not files:

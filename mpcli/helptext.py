@@ -7,8 +7,8 @@ Click and Typer describe parameters by their Python types (``<list[Path]>``,
   and a usage line that starts with what must be typed
   (``mp reconstruct SCAN|DIR... --out DIR [OPTIONS]``);
 - :class:`Group` lists the commands in :data:`ORDER` (then any others in the
-  order they were added) and never cuts a summary;
-- :func:`verbatim` marks a block (examples, the exit-code table) that click
+  order they were added), never cuts a summary, and ends with the exit codes;
+- :func:`verbatim` marks a block (examples) that click
   must print line by line instead of re-wrapping it into a paragraph.
 """
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from typer.core import TyperCommand, TyperGroup
+
+from mpcli.errors import EXIT_CODES
 
 # typer vendors its own click: parameters are told apart by ``param_type_name``
 _ARG, _OPT = "argument", "option"
@@ -57,7 +59,12 @@ class Command(TyperCommand):
 
 
 class Group(TyperGroup):
-    """The ``mp`` group: commands in the order of use, summaries never cut."""
+    """The ``mp`` group: commands in the order of use, summaries never cut, then the exit codes."""
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        """The exit-code table, one code per row (long meanings wrap under themselves)."""
+        with formatter.section("Exit codes"):
+            formatter.write_dl([(str(code), text) for code, text in EXIT_CODES.items()])
 
     def list_commands(self, ctx: Any) -> list[str]:
         names = list(self.commands)

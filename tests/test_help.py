@@ -84,8 +84,9 @@ def test_examples_render_one_per_line():
 
 def test_exit_codes_are_one_per_line():
     text = help_text()
-    table = text.split("Exit codes:\n\n", 1)[1].rstrip("\n").splitlines()
-    assert [int(line.split()[0]) for line in table] == [0, 1, 2, 3, 4, 5, 6, 7, 130]
+    table = text.split("Exit codes:\n", 1)[1].rstrip("\n").splitlines()
+    codes = [int(line.split()[0]) for line in table if re.match(r"  \d", line)]
+    assert codes == [0, 1, 2, 3, 4, 5, 6, 7, 130]  # the others are a long meaning's wrapped tail
 
 
 def _readme_blocks(command: str) -> list[str]:

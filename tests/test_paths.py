@@ -73,7 +73,7 @@ def test_outputs_of_the_wrong_kind_say_so(scans, image, tmp_path):
     afile = tmp_path / "file.txt"
     afile.write_text("keep")
     code, msg = mp("reconstruct", scans / "a.h5", "--out", afile, "--method", "zero-filled")
-    assert code == EXIT_OUTPUT and "is a file, expected the output folder" in msg
+    assert code == EXIT_OUTPUT and "is not a folder; --out must be a folder" in msg
     assert afile.read_text() == "keep"
     code, msg = mp("eval", image, "--ref", image, "--figure", tmp_path)
     assert code == EXIT_OUTPUT and "is a folder, expected a PNG file" in msg

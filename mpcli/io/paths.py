@@ -55,14 +55,6 @@ def expect_file(path: str | Path, expected: str, *, suffixes: tuple[str, ...] = 
     raise error(path, f"no such file; expected {expected}")
 
 
-def expect_folder_or_absent(path: str | Path, expected: str, *, error: type[MpError]) -> Path:
-    """Return ``path`` when it is a folder or does not exist yet; a file there raises ``error``."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise error(path, f"is a file, expected {expected} (a folder, created if needed)")
-    return path
-
-
 def expect_file_to_write(path: str | Path, expected: str, example: str, *, error: type[MpError]) -> Path:
     """Return ``path`` unless it is a folder: then raise ``error`` with a file name to use instead."""
     path = Path(path)
