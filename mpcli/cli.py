@@ -27,9 +27,9 @@ from mpcli.errors import (
     MpError,
     printable,
 )
-from mpcli.helptext import Command, Group, verbatim
+from mpcli.helptext import Group, Typer, verbatim
 
-app = typer.Typer(
+app = Typer(
     name="mp",
     cls=Group,
     help="Meta-prior MRI reconstruction: adapt a meta-learned network to your scanner's "
@@ -166,8 +166,7 @@ def _outcomes_json(outcomes) -> str:
                        for o in outcomes], indent=2)
 
 
-@app.command("reconstruct", cls=Command,
-             short_help="Reconstruct k-space files or folders into images: HDF5, NIfTI, DICOM.")
+@app.command("reconstruct", short_help="Reconstruct k-space files or folders into images: HDF5, NIfTI, DICOM.")
 def reconstruct_cli(
     inputs: list[Path] = typer.Argument(..., metavar="SCAN|DIR...",
                                         help="k-space files (fastMRI or ISMRMRD .h5, Siemens twix .dat) or folders of them."),
@@ -275,8 +274,7 @@ def _report(outcomes, as_json: bool, title: str, out_dir: Path | None = None):
             err.print(f"mp: error: {printable(o.error)}", markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command("eval", cls=Command,
-             short_help="Score reconstructions against a reference: NMSE, PSNR, SSIM (fastMRI definitions).")
+@app.command("eval", short_help="Score reconstructions against a reference: NMSE, PSNR, SSIM (fastMRI definitions).")
 def eval_cli(
     preds: list[Path] = typer.Argument(..., metavar="RECON.h5|RECON.nii.gz...",
                                        help="Reconstructions: files written by mp (.h5) or NIfTI."),
@@ -307,8 +305,7 @@ def eval_cli(
             console.print(results_table(results))
 
 
-@app.command("info", cls=Command,
-             short_help="Describe k-space files: format, size, acceleration, geometry (no patient data).")
+@app.command("info", short_help="Describe k-space files: format, size, acceleration, geometry (no patient data).")
 def info_cli(
     inputs: list[Path] = typer.Argument(..., metavar="SCAN|DIR...",
                                         help="k-space files (fastMRI or ISMRMRD .h5, Siemens twix .dat) or folders of them."),
@@ -351,8 +348,7 @@ class _InfoOutcome:
         self.exit_code = info.exit_code
 
 
-@app.command("adapt", cls=Command,
-             short_help="Adapt the shipped meta-prior to your scans from their measurements alone.")
+@app.command("adapt", short_help="Adapt the shipped meta-prior to your scans from their measurements alone.")
 def adapt_cli(
     kspace: list[Path] = typer.Option(..., "--kspace", "-k", metavar="SCAN|DIR",
                                       help="k-space file (.h5, Siemens twix .dat) or folder of one scanner and "
@@ -495,8 +491,7 @@ def adapt_cli(
         raise typer.Exit(_batch_exit(outcomes) if outcomes else EXIT_OK)
 
 
-@app.command("meta-train", cls=Command,
-             short_help="Meta-train a prior by bilevel optimisation over acquisition tasks (advanced).")
+@app.command("meta-train", short_help="Meta-train a prior by bilevel optimisation over acquisition tasks (advanced).")
 def meta_train_cli(
     out: Path = typer.Option(..., "--out", "-o", metavar="PRIOR.safetensors",
                              help="Final weights; the checkpoint and the log go beside it."),

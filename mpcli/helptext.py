@@ -3,7 +3,8 @@
 Click and Typer describe parameters by their Python types (``<list[Path]>``,
 ``{inputs}...``) and cut command summaries at ~45 characters. Here:
 
-- :class:`Command` prints each argument by its ``metavar`` (``SCAN|DIR...``)
+- :class:`Typer` makes every command a :class:`Command`, which prints each
+  argument by its ``metavar`` (``SCAN|DIR...``)
   and a usage line that starts with what must be typed
   (``mp reconstruct SCAN|DIR... --out DIR [OPTIONS]``);
 - :class:`Group` lists the commands in :data:`ORDER` (then any others in the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import typer
 from typer.core import TyperCommand, TyperGroup
 
 from mpcli.errors import EXIT_CODES
@@ -34,7 +36,20 @@ def verbatim(lines: str) -> str:
 
 
 class Command(TyperCommand):
-    """A Typer command whose help shows metavars, not Python types."""
+    """A Typer command whose help shows metavars, not Python types.
+
+    A parameter declared without ``metavar`` gets its own name in capitals
+    (``--device DEVICE``, ``INPUTS...``), never Typer's ``<list[Path]>``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            if p.metavar is None and not getattr(p, "is_flag", False) and not getattr(p, "count", False):
+                if p.param_type_name == _ARG:
+                    p.metavar = p.name.upper() + ("..." if p.nargs != 1 else "")
+                elif p.param_type_name == _OPT:
+                    p.metavar = max(p.opts, key=len).lstrip("-").replace("-", "_").upper()
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         """What must be typed first: required arguments, required options, then the rest."""
@@ -56,6 +71,13 @@ class Command(TyperCommand):
         if opts:
             with formatter.section("Options"):
                 formatter.write_dl(opts)
+
+
+class Typer(typer.Typer):
+    """``typer.Typer`` whose commands are :class:`Command` unless told otherwise."""
+
+    def command(self, *args: Any, cls: type | None = None, **kwargs: Any):
+        return super().command(*args, cls=cls or Command, **kwargs)
 
 
 class Group(TyperGroup):

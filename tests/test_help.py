@@ -8,12 +8,15 @@ import re
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from mpcli.cli import app
+from mpcli.helptext import ORDER, Typer
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("info", "adapt", "reconstruct", "eval", "meta-train")
+COMMANDS = ("info", "adapt", "reconstruct", "eval", "meta-train")  # documented in the README
+ALL = tuple(typer.main.get_command(app).commands)  # and any command added later
 
 
 def help_text(*args) -> str:
@@ -42,14 +45,17 @@ def test_commands_listed_in_order_of_use_with_whole_summaries():
     rows = _summaries(top)
     listed = [n for n in rows if n in COMMANDS]
     assert listed == list(COMMANDS)
-    for name in COMMANDS:
+    assert sorted(rows) == sorted(ALL)
+    known = [n for n in rows if n in ORDER]
+    assert known == sorted(known, key=ORDER.index)
+    for name in ALL:
         first_line = help_text(name).split("\n\n")[1].strip()  # the command's own first paragraph
         summary = rows[name]
         assert "..." not in summary and "…" not in summary, summary
         assert " ".join(first_line.split()) == summary, (name, summary)
 
 
-@pytest.mark.parametrize("command", ("", *COMMANDS))
+@pytest.mark.parametrize("command", ("", *ALL))
 def test_help_shows_what_to_type_not_python_types(command):
     text = help_text(*([command] if command else []))
     for python_ish in ("<list", "<path>", "<int>", "<str>", "<float>", "{", "no-overwrite", "no-resume"):
@@ -114,3 +120,23 @@ def test_readme_examples_use_only_options_the_help_lists(command):
 def test_readme_synopsis_is_the_help_usage_line(command):
     usage = help_text(command).splitlines()[0].removeprefix("Usage: ")
     assert usage in (ROOT / "README.md").read_text(), usage
+
+
+def test_a_command_without_metavars_still_shows_words_to_type():
+    """A command added later without ``metavar=`` gets its parameter names in capitals."""
+    demo = Typer(add_completion=False, rich_markup_mode=None)
+
+    @demo.command("watch")
+    def watch(folder: Path = typer.Argument(...), out: Path = typer.Option(..., "--out"),
+              every: float = typer.Option(2.0, "--every-seconds"), once: bool = typer.Option(False, "--once")):
+        """Watch a folder."""
+
+    @demo.command("other")
+    def other():
+        """Another."""
+
+    res = CliRunner().invoke(demo, ["watch", "--help"], terminal_width=80)
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines()[0].endswith("watch FOLDER --out OUT [OPTIONS]")
+    assert "--every-seconds EVERY_SECONDS" in res.stdout and re.search(r"^  --once$", res.stdout, re.M)
+    assert "<" not in res.stdout and "{" not in res.stdout
