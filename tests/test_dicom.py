@@ -293,6 +293,29 @@ def test_dicom_window_opens_the_sample_brain_in_grey_levels(tmp_path):
     assert np.all(np.diff(shown.ravel()[order]) >= -1)
 
 
+def _read_pgm(path: Path) -> np.ndarray:
+    """An 8-bit binary PGM (P5) as ``[H, W]``."""
+    magic, w, h, maxval, data = path.read_bytes().split(maxsplit=4)
+    assert magic == b"P5" and int(maxval) == 255
+    return np.frombuffer(data[-int(w) * int(h):], np.uint8).reshape(int(h), int(w)).astype(np.float64)
+
+
+@pytest.mark.skipif(_tool("dcm2pnm") is None, reason="DCMTK's dcm2pnm not installed (Debian package dcmtk)")
+def test_dcmtk_renders_the_window_as_pydicom_does(tmp_path):
+    """DCMTK's renderer (what DCMTK-based viewers draw), told to use the file's first window
+    (+Wi 1), gives the same grey levels as the standard's LUT pipeline, within one level."""
+    image = marker_image()
+    image[:, :4, :] = 0.0  # background: the first 4 rows
+    files = write_dicom_series(tmp_path / "s", image, make_geometry("axial", False), identity={}, protocol={},
+                               provenance=PROVENANCE)
+    for f in files[:2]:
+        pgm = tmp_path / f"{f.stem}.pgm"
+        subprocess.run([_tool("dcm2pnm"), "+Wi", "1", str(f), str(pgm)], check=True, capture_output=True)
+        dcmtk = _read_pgm(pgm)
+        assert np.abs(dcmtk - _viewer_render(f)).max() <= 1
+        assert dcmtk[:4].max() == 0 and np.ptp(dcmtk[4:]) > 80  # black background, tissue in greys
+
+
 def test_window_tags_are_sensible_and_clean(tmp_path):
     files = write(tmp_path / "s", make_geometry("axial", False))
     ds = pydicom.dcmread(files[0])
