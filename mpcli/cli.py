@@ -327,9 +327,13 @@ def info_cli(
     """
     with _guard():
         from mpcli.batch import collect_inputs
+        from mpcli.errors import InputError
         from mpcli.info import describe_files, info_json, info_table
 
-        infos = describe_files(collect_inputs(inputs))
+        files = collect_inputs(inputs)
+        if not files:
+            raise InputError(None, "no k-space files (.h5, .hdf5, .mrd) found in the given folders")
+        infos = describe_files(files)
         if as_json:
             print(json.dumps(info_json(infos), indent=2))
         else:

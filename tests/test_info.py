@@ -91,10 +91,12 @@ def test_cli_at_80_columns_lists_every_file_and_exits_partial(folder):
     assert rows["accelerated_a.h5"]["acceleration_kind"].startswith("measured")
 
 
-def test_cli_all_files_bad_keeps_their_exit_code(folder, tmp_path):
+def test_cli_all_files_bad_keeps_their_exit_code_and_no_files_is_an_error(folder, tmp_path):
     from typer.testing import CliRunner
 
     from mpcli.cli import app
 
     res = CliRunner().invoke(app, ["info", str(folder / "empty.h5")])
     assert res.exit_code == EXIT_INPUT
+    res = CliRunner().invoke(app, ["info", str(tmp_path)])  # an empty folder: not an empty table
+    assert res.exit_code == EXIT_INPUT and "no k-space files" in res.stderr and res.stdout == ""
