@@ -481,6 +481,8 @@ def adapt_cli(
             from rich.table import Table
 
             table = Table(title="mp adapt", show_header=False)
+            table.add_column(no_wrap=True)
+            table.add_column(overflow="fold")  # paths and hashes wrap whole, never cut with "…"
             for key in ("weights", "plot", "sha256", "steps", "best_step", "stopped_early", "val_loss_prior",
                         "val_loss_best", "distance_to_prior", "seconds"):
                 value = summary[key]
@@ -603,8 +605,10 @@ def meta_train_cli(
             from rich.table import Table
 
             table = Table(title="mp meta-train", show_header=False)
+            table.add_column(no_wrap=True)
+            table.add_column(overflow="fold")  # paths and hashes wrap whole, never cut with "…"
             for key, value in summary.items():
-                table.add_row(key, f"{value:.5g}" if isinstance(value, float) else str(value))
+                table.add_row(key, _cell(f"{value:.5g}" if isinstance(value, float) else str(value)))
             console.print(table)
 
 

@@ -25,3 +25,25 @@ def test_reconstruct_summary_lists_each_output_and_the_folder(tmp_path):
     for name in written:
         assert name in text, (name, text)
     assert f"written to {out}/" in " ".join(text.split())
+
+
+def test_adapt_summary_shows_whole_hash_and_paths_at_80_columns(tmp_path):
+    import torch
+
+    from mpcli.io.weights import load_weights, save_weights
+    from mpcli.recon.network import ARCH_VERSION, build_network
+
+    tiny = {"arch": "resunroll", "iters": 2, "features": 8, "depth": 2, "shared": True}
+    torch.manual_seed(0)
+    prior = tmp_path / "prior.safetensors"
+    save_weights(prior, build_network(tiny).state_dict(), {"arch": "resunroll", "arch_version": ARCH_VERSION,
+                                                            "config": tiny})
+    scan = write_synthetic_fastmri(tmp_path / "scan.h5", slices=2, coils=2, h=16, w=16, acceleration=2)
+    out = tmp_path / "a_rather_long_folder_name_for_the_weights" / "adapted.safetensors"
+    res = CliRunner().invoke(app, ["adapt", "--kspace", str(scan), "--prior", str(prior), "--out", str(out),
+                                   "--steps", "1", "--plot", str(tmp_path / "curve.png")],
+                             terminal_width=80, env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.stderr
+    assert "…" not in res.stdout
+    cells = "".join(line.split("│")[2].strip() for line in res.stdout.splitlines() if line.count("│") == 3)
+    assert load_weights(out)[1]["sha256"] in cells and str(out) in cells and str(tmp_path / "curve.png") in cells
