@@ -213,15 +213,18 @@ def figure_from_files(preds: list[Path], ref: Path, path: Path, results: list[Re
 def results_table(results: list[Result]):
     """A rich table: file, shape, NMSE, PSNR (dB), SSIM."""
     from rich.table import Table
+    from rich.text import Text
+
+    from mpcli.errors import printable
 
     table = Table(title="Evaluation against the reference")
-    table.add_column("file")
+    table.add_column("file", overflow="fold")  # a name wraps whole, never cut; never read as markup
     table.add_column("shape", justify="right")
     table.add_column("NMSE", justify="right")
     table.add_column("PSNR (dB)", justify="right")
     table.add_column("SSIM", justify="right")
     for r in results:
-        table.add_row(r.name, "×".join(map(str, r.shape)), f"{r.nmse:.4g}", f"{r.psnr:.2f}", f"{r.ssim:.4f}")
+        table.add_row(Text(printable(r.name)), "×".join(map(str, r.shape)), f"{r.nmse:.4g}", f"{r.psnr:.2f}", f"{r.ssim:.4f}")
     return table
 
 

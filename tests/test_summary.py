@@ -47,3 +47,20 @@ def test_adapt_summary_shows_whole_hash_and_paths_at_80_columns(tmp_path):
     assert "…" not in res.stdout
     cells = "".join(line.split("│")[2].strip() for line in res.stdout.splitlines() if line.count("│") == 3)
     assert load_weights(out)[1]["sha256"] in cells and str(out) in cells and str(tmp_path / "curve.png") in cells
+
+
+def test_eval_table_never_cuts_or_styles_a_name():
+    import io
+
+    from rich.console import Console
+
+    from mpcli.evaluate import Result, results_table
+
+    names = ["adapted_with_a_long_descriptive_name/subject_0001_series_0007", "[bold]cs/b"]
+    results = [Result(n, 0.01, 27.5, 0.8, (6, 128, 128)) for n in names]
+    console = Console(width=60, record=True, file=io.StringIO())
+    console.print(results_table(results))
+    text = console.export_text()
+    assert "…" not in text and "[bold]cs/b" in text
+    cells = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
+    assert names[0] in cells
