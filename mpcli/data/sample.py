@@ -1,6 +1,7 @@
-"""Make ``sample_data/``: one realistic undersampled multi-coil brain scan.
+"""Make ``sample_data/``: a simulated multi-coil brain scan with its reference, and
+a real one.
 
-    python -m mpcli.data.sample sample_data/
+    python -m mpcli.data.sample sample_data/ [../shared/data/real/sigpy_brain_8ch_poisson_ksp.npy]
 
 Image: six contiguous axial slices (5 mm apart) of the MNI152 T1 template that
 nilearn ships (1 mm, padded square and resampled to 128×128 → 1.82 mm in-plane).
@@ -15,6 +16,14 @@ Writes the same acquisition twice:
   our ``mp_geometry``), gzip-compressed;
 - ``brain_ismrmrd.h5``: ISMRMRD (acquired lines only, slice positions and
   directions in every acquisition, a synthetic — clearly fake — patient name).
+
+The real scan (:func:`make_real_sample`): the 8-coil axial brain of the SigPy MRI
+tutorial (mikgroup/sigpy-mri-tutorial ``data/cartesian_ksp.npy``, BSD-3, notice
+in ``sample_data/NOTICE``), measured k-space ``[8, 230, 180]`` undersampled with
+a 2-D Poisson-disc mask (12.4 %, centre 24 × 24 fully sampled), written as
+``brain_real_poisson.h5`` in the fastMRI layout with its 2-D ``mask`` and an
+assumed geometry (1 mm in-plane, axial, rows anterior → posterior). It has no
+fully sampled original, hence no ``reconstruction_rss``.
 """
 
 from __future__ import annotations
@@ -100,6 +109,71 @@ def make_sample_data(out_dir: str | Path) -> list[Path]:
     return paths
 
 
+REAL_NAME = "brain_real_poisson.h5"
+REAL_VOXEL_MM = (1.0, 1.0, 5.0)  # assumed: the tutorial gives no geometry
+NOTICE = """\
+sample_data/brain_real_poisson.h5 holds the measured k-space of the SigPy MRI
+tutorial (https://github.com/mikgroup/sigpy-mri-tutorial, data/cartesian_ksp.npy),
+converted to the fastMRI layout by mpcli.data.sample.make_real_sample (geometry
+assumed). The other files in sample_data/ are simulated by mpcli.data.sample
+from the MNI152 template. The tutorial's licence:
+
+BSD 3-Clause License
+
+Copyright (c) 2019, mikgroup
+All rights reserved.
+
+Redistribution and use in source and binary forms, with or without
+modification, are permitted provided that the following conditions are met:
+
+1. Redistributions of source code must retain the above copyright notice, this
+   list of conditions and the following disclaimer.
+
+2. Redistributions in binary form must reproduce the above copyright notice,
+   this list of conditions and the following disclaimer in the documentation
+   and/or other materials provided with the distribution.
+
+3. Neither the name of the copyright holder nor the names of its
+   contributors may be used to endorse or promote products derived from
+   this software without specific prior written permission.
+
+THIS SOFTWARE IS PROVIDED BY THE COPYRIGHT HOLDERS AND CONTRIBUTORS "AS IS"
+AND ANY EXPRESS OR IMPLIED WARRANTIES, INCLUDING, BUT NOT LIMITED TO, THE
+IMPLIED WARRANTIES OF MERCHANTABILITY AND FITNESS FOR A PARTICULAR PURPOSE ARE
+DISCLAIMED. IN NO EVENT SHALL THE COPYRIGHT HOLDER OR CONTRIBUTORS BE LIABLE
+FOR ANY DIRECT, INDIRECT, INCIDENTAL, SPECIAL, EXEMPLARY, OR CONSEQUENTIAL
+DAMAGES (INCLUDING, BUT NOT LIMITED TO, PROCUREMENT OF SUBSTITUTE GOODS OR
+SERVICES; LOSS OF USE, DATA, OR PROFITS; OR BUSINESS INTERRUPTION) HOWEVER
+CAUSED AND ON ANY THEORY OF LIABILITY, WHETHER IN CONTRACT, STRICT LIABILITY,
+OR TORT (INCLUDING NEGLIGENCE OR OTHERWISE) ARISING IN ANY WAY OUT OF THE USE
+OF THIS SOFTWARE, EVEN IF ADVISED OF THE POSSIBILITY OF SUCH DAMAGE.
+"""
+
+
+def make_real_sample(source: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write ``brain_real_poisson.h5`` (fastMRI layout) and ``NOTICE`` into ``out_dir``
+    from the tutorial's ``[C, H, W]`` complex k-space ``.npy`` (zeros where not
+    acquired). Mask = samples non-zero in any coil, stored ``[H, W]``."""
+    from mpcli.io.fastmri import write_fastmri
+
+    k = np.load(source).astype(np.complex64)  # [C, H, W]
+    if k.ndim != 3:
+        raise ValueError(f"{source}: expected [coils, H, W] k-space, got {k.shape}")
+    mask = (np.abs(k).sum(0) > 0).astype(np.float32)  # [H, W]
+    geometry = Geometry(voxel_size=REAL_VOXEL_MM, read_dir=(0.0, 1.0, 0.0), phase_dir=(-1.0, 0.0, 0.0),
+                        slice_dir=(0.0, 0.0, 1.0), slice_centres=((0.0, 0.0, 0.0),))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    h5 = write_fastmri(out_dir / REAL_NAME, k[None] * mask, mask=mask, geometry=geometry,
+                       attrs={"acquisition": "AXT1_SIGPY_TUTORIAL_POISSON"}, compression="gzip")
+    notice = out_dir / "NOTICE"
+    notice.write_text(NOTICE)
+    return [h5, notice]
+
+
 if __name__ == "__main__":
-    for p in make_sample_data(sys.argv[1] if len(sys.argv) > 1 else "sample_data"):
+    paths = make_sample_data(sys.argv[1] if len(sys.argv) > 1 else "sample_data")
+    if len(sys.argv) > 2:
+        paths += make_real_sample(sys.argv[2], sys.argv[1])
+    for p in paths:
         print(p, f"{p.stat().st_size / 1e6:.2f} MB")
