@@ -33,6 +33,10 @@ demo: $(STAMP)
 	done
 	$(BIN)/mp eval $(DEMO_METHODS:%=out/demo/%/brain_fastmri.h5) out/demo/adapted/brain_fastmri.h5 \
 		--ref sample_data/brain_fastmri.h5 --figure out/demo/report.png
+# the real 8-coil brain (2-D Poisson, no reference): adapt, then CS beside it
+	$(BIN)/mp adapt --kspace sample_data/brain_real_poisson.h5 --recon out/demo/real-adapted \
+		--format h5 --format nifti --plot out/demo/real_adapt_curve.png
+	$(BIN)/mp reconstruct sample_data/brain_real_poisson.h5 --out out/demo/real-cs --method cs --format h5 --format nifti
 	@for f in out/demo/report.png out/demo/adapt_curve.png out/demo/adapted/adapted.safetensors \
 		out/demo/adapted/brain_fastmri.h5 out/demo/adapted/brain_fastmri.nii.gz \
 		out/demo/adapted/brain_fastmri_dicom/IM0001.dcm $(DEMO_METHODS:%=out/demo/%/brain_fastmri.h5); do \
@@ -46,6 +50,7 @@ demo: $(STAMP)
 	@echo "  out/demo/adapted/brain_fastmri.h5        its reconstruction, also as NIfTI (.nii.gz)"
 	@echo "  out/demo/adapted/brain_fastmri_dicom/    and as a DICOM series (opens windowed in a viewer)"
 	@echo "  out/demo/{zero-filled,sense,cs,meta}/brain_fastmri.h5   the other methods"
+	@echo "  out/demo/real-adapted/, out/demo/real-cs/  the real 8-coil brain (sample_data/NOTICE): adapted, CS"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -58,6 +63,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/classical.py
 	$(BIN)/python bench/coil_maps.py
+	$(BIN)/python bench/coil_acs.py
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/meta_vs_scratch.py
 	$(BIN)/python bench/adapt_defaults.py

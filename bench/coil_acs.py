@@ -52,7 +52,7 @@ def sigpy_square(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The former default: sigpy EspiritCalib on the square ACS block (≤ 24), 64² grid, crop 0.95."""
     from sigpy.mri.app import EspiritCalib
 
-    S, C, H, W = y.shape
+    S, _, H, W = y.shape
     cw = calibration_width(torch.broadcast_to(mask, (S, 1, H, W)))
     kw = max(2, min(6, cw // 2))
     coarse = (min(H, max(64, cw)), min(W, max(64, cw)))
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     acs_list = args.acs or ((12,) if args.quick else ACS)
     rows = []
     for scan, full, ref in scans(args.quick):
-        S, C, H, W = full.shape
+        S, _, H, W = full.shape
         for acs in acs_list:
             mask = make_mask("random", (H, W), 4, acs / W, seed=1000 + acs).expand(1, 1, H, W)  # [1, 1, H, W]
             y = full * mask

@@ -13,15 +13,19 @@ sp = pytest.importorskip("sigpy")
 import sigpy.mri as mr
 
 from mpcli.physics.coils import (
+    _image_gram,
+    calibration_matrix,
     calibration_width,
     centre_crop,
     centred_acs_width,
     estimate_maps,
+    kernel_size,
     resample_fov,
     rss,
     sense_combine,
 )
-from mpcli.physics.fft import fft2c
+from mpcli.physics.fft import fft2c, ifft2c
+from mpcli.physics.masks import make_mask
 
 N, C = 64, 4
 
@@ -166,3 +170,77 @@ def test_rss_of_sense_coil_images_is_image_magnitude():
     out = rss(maps * img)  # [H, W]
     assert out.dtype == torch.float32 and out.shape == (N, N)
     assert torch.allclose(out, img.abs(), atol=1e-6)
+
+
+def test_espirit_equals_sigpy_espiritcalib_on_a_square_block():
+    """Same calibration (24² block, 6² kernel, no crop, full grid): the maps are sigpy's
+    (100 power iterations) up to numerical error, pixel by pixel."""
+    img, maps = _phantom()
+    k = _kspace(img, maps)
+    ref = torch.from_numpy(mr.app.EspiritCalib(k[0].numpy(), calib_width=24, kernel_width=6, crop=0.0, max_iter=100,
+                                               show_pbar=False).run())  # [C, H, W]
+    est = estimate_maps(k, calib_width=24, kernel_width=6, crop=0.0, grid=None)[0]
+    assert float((ref.conj() * est).sum(0).abs()[img.abs() > 0].min()) > 0.9999
+
+
+@pytest.mark.parametrize("kernel, grid", [((6, 6), (64, 64)), ((5, 3), (21, 17)), ((6, 6), (8, 9))])
+def test_image_gram_from_projector_equals_sum_over_kernels(kernel, grid):
+    """G(r) = (hw/(kh·kw)) Σ_n k_n(r) k_n(r)ᴴ, with k_n the inverse FFT of each kernel
+    placed at the k-space centre (wrapping when the grid is smaller than the kernel's
+    correlation): built from the projector it equals the direct sum."""
+    (kh, kw), (h, w), C, n = kernel, grid, 3, 7
+    g = torch.Generator().manual_seed(1)
+    kern = torch.randn(n, C, kh, kw, dtype=torch.complex64, generator=g)
+    rows, cols = (h // 2 - kh // 2 + torch.arange(kh)) % h, (w // 2 - kw // 2 + torch.arange(kw)) % w
+    pad = kern.new_zeros(n, C, h, kw).index_add_(2, rows, kern)
+    pad = kern.new_zeros(n, C, h, w).index_add_(3, cols, pad)
+    img = ifft2c(pad)  # [n, C, h, w]
+    direct = torch.einsum("nchw,ndhw->hwcd", img, img.conj()) * (h * w / (kh * kw))
+    flat = kern.reshape(n, -1)
+    G = _image_gram(flat.T @ flat.conj(), C, kernel, grid)
+    assert torch.allclose(G, direct, atol=1e-4 * float(direct.abs().max()))
+
+
+def test_calibration_matrix_rows_are_the_fully_acquired_windows():
+    """A line mask with 10 centre lines: every (kh, kw) window inside the centre band,
+    over the whole readout, is a row — (H − kh + 1)(10 − kw + 1) of them — and no
+    window touching an unacquired line."""
+    img, maps = _phantom()
+    mask = _line_mask(every=4, centre=10)[0, 0] > 0  # [H, W]
+    k = _kspace(img, maps)[0] * mask  # [C, H, W]
+    A = calibration_matrix(k, mask, (6, 5))
+    assert A.shape == ((N - 5) * (10 - 4), C * 6 * 5)
+    first = k[:, 0:6, N // 2 - 5 : N // 2].reshape(-1)  # the band's first window, coil-major
+    assert (A == first).all(dim=1).any()
+
+
+@pytest.mark.parametrize("lines, kernel", [(6, 3), (8, 4), (10, 5), (12, 6), (17, 8), (40, 8)])
+def test_kernel_is_half_the_calibration_width_within_3_to_8(lines, kernel):
+    mask = _line_mask(every=4, centre=lines)[:, 0] > 0  # [1, H, W]
+    assert kernel_size(mask) == (kernel, kernel)
+    assert kernel_size(mask, rect=True) == (8, kernel)  # line mask: readout fully acquired
+
+
+def test_no_tissue_cut_at_10_acs_lines_on_a_phantom_with_known_support():
+    """Shepp–Logan 128², 8 simulated surface coils, smooth phase, 1.5 % noise, 1-D random
+    mask R = 4 with 10 centre lines (the sample scan's regime). The maps cover the
+    object (≤ 0.5 % missed; the former square-ACS calibration missed 6.2 %), are
+    unit-norm wherever non-zero, and match the true maps (coherence mean and 1st
+    percentile > 0.99; formerly 0.94 and 0.0)."""
+    from mpcli.data.simulate import coil_maps, simulate_kspace, smooth_phase
+
+    n, rng = 128, np.random.default_rng(0)
+    img = sp.shepp_logan((n, n)).real.astype(np.float32)
+    true = coil_maps(8, (n, n), rng)  # [8, H, W]
+    k = simulate_kspace(img * np.exp(1j * smooth_phase(img.shape, rng, 1.0)), true, 0.015, rng)
+    k = torch.from_numpy(k).to(torch.complex64)[None]  # [1, 8, H, W]
+    mask = make_mask("random", (n, n), 4, 10 / n, seed=7)  # [1, 1, 1, W]
+    assert centred_acs_width(mask) == 10
+    est = estimate_maps(k * mask, mask)[0]  # [8, H, W]
+    energy = est.abs().pow(2).sum(0)
+    obj = torch.from_numpy(img) > 0
+    assert float((obj & (energy < 0.5)).sum() / obj.sum()) < 0.005
+    assert torch.allclose(energy[energy > 0], torch.ones(()), atol=1e-4)
+    true = torch.from_numpy(true)
+    coherence = ((est.conj() * true).sum(0).abs() / true.abs().pow(2).sum(0).sqrt())[obj]
+    assert float(coherence.mean()) > 0.99 and float(coherence.quantile(0.01)) > 0.99

@@ -1,28 +1,32 @@
-"""Coil sensitivities (ESPIRiT through sigpy) and root-sum-of-squares combination.
+"""Coil sensitivities (ESPIRiT) and root-sum-of-squares combination.
 
-ESPIRiT (Uecker et al. 2014) finds the maps S ``[C, H, W]`` from a fully
-sampled calibration block (the ACS) at the k-space centre: the calibration
-matrix's signal subspace gives, pixel by pixel, a C×C operator whose
-eigenvector of eigenvalue ≈ 1 is (S_1 … S_C)(r), up to a phase per pixel.
-Maps are normalised so that Σ_c |S_c(r)|² = 1 inside the object, and set to zero
-where the eigenvalue is below ``crop`` (outside the object). The phase is made
-relative to coil 0.
+ESPIRiT (Uecker et al. 2014) finds the maps S ``[C, H, W]`` from fully sampled
+calibration data at the k-space centre: the calibration matrix's signal
+subspace gives, pixel by pixel, a C×C operator whose eigenvector of eigenvalue
+≈ 1 is (S_1 … S_C)(r), up to a phase per pixel. Maps are normalised so that
+Σ_c |S_c(r)|² = 1 inside the object, and set to zero where the eigenvalue is
+below ``crop`` (outside the object). The phase is made relative to coil 0.
+
+Few calibration lines. The calibration matrix has one row per kernel window
+whose samples were all acquired, anywhere in the centre 64² of k-space — for a
+1-D line mask the whole readout extent of the calibration lines, not a square
+of ACS width (with 10 lines and a 5² kernel a 10² square gives 36 rows for 200
+unknowns, so the "signal subspace" is everything and the maps fail; the band
+gives 300). The kernel is half the calibration width, within [3, 8]: wider
+leaves too few shifts across the lines. ``bench/coil_acs.py`` measures both
+choices and the crop at 8–24 ACS lines (``bench/results/coil_acs.md``).
 
 Coarse grid. The per-pixel operator is built from kernels that are
 ``kernel_width`` samples wide in k-space, so it is a trigonometric polynomial
 of low degree in r: smooth on the scale of FOV/kernel_width. Its value on a
-coarse grid of the same FOV is exact (ESPIRiT on the centre ``g × g`` of
-k-space), and eigenvectors/eigenvalues between grid points are interpolated
-(bicubic, on exact grid coordinates: bilinear interpolation under-estimates the
-eigenvalue where it bends down at the object edge and cut a one-pixel rim of
-tissue — 0.4 dB on the sample scan). With ``grid=64`` a 256² slice costs
-~1/16 of the full computation (0.10 vs 2.1 s on CPU); on the real 230×180
-8-coil brain the maps agree with the full-grid ones to a mean per-pixel
-|Σ_c conj(S_full,c) S_c| of 0.999996 inside the object, and the supports to a
-Dice of 0.9983 (``bench/coil_maps.py``; ``tests/test_coils.py`` bounds both).
+coarse grid of the same FOV is exact, and eigenvectors/eigenvalues between grid
+points are interpolated (bicubic, on exact grid coordinates: bilinear
+interpolation under-estimates the eigenvalue where it bends down at the object
+edge and cut a one-pixel rim of tissue). ``bench/coil_maps.py`` compares the
+64² grid with the full one (``tests/test_coils.py`` bounds the agreement).
 
-sigpy runs on NumPy, or on CuPy when the k-space is on a CUDA device and CuPy is
-installed (arrays shared with torch through DLPack, no copy).
+Pure torch (runs on the device of the k-space, CPU or CUDA); sigpy's
+``EspiritCalib`` computes the same maps on a square block (a test checks).
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ from mpcli.scan import mask_from_kspace
 
 log = logging.getLogger(__name__)
 
-MAX_CALIB = 24  # ESPIRiT's usual calibration width; wider buys little and costs time
-MIN_CALIB = 8  # below this the calibration matrix is poorly determined
+MAX_CALIB = 24  # calibration width clip (the kernel, half of it, stops at KERNEL = 8 before)
+MIN_CALIB = 8  # below this the calibration is poorly determined (a warning)
 ESPIRIT_GRID = 64  # coarse grid per axis for the eigen-decomposition (see module docstring)
 KERNEL = 8  # largest ESPIRiT kernel side
 KERNEL_MIN = 3  # smallest
@@ -76,11 +80,12 @@ def centred_acs_width(mask: torch.Tensor) -> int:
 
 
 def calibration_width(mask: torch.Tensor) -> int:
-    """Calibration width for ESPIRiT: the ACS width clipped to [8, 24].
+    """Calibration width for ESPIRiT: the ACS width clipped to [8, 24]; its half
+    sets the kernel (:func:`kernel_size`).
 
     When the ACS is narrower than 8 the calibration uses what there is (at
-    least 4, so that a kernel fits) and logs a warning: maps from so small a
-    block are blurred, but reconstruction still runs.
+    least 4) and logs a warning: maps from so few lines are poorly determined,
+    but reconstruction still runs.
     """
     acs = centred_acs_width(mask)
     if acs < MIN_CALIB:
@@ -204,7 +209,7 @@ def estimate_maps(
         raise ValueError(f"k-space must be [S, C, H, W], got {tuple(kspace.shape)}")
     out_device = kspace.device
     dev = torch.device(device) if device is not None else out_device
-    S, C, H, W = kspace.shape
+    S, _, H, W = kspace.shape
     if mask is None:
         mask = mask_from_kspace(kspace)  # [S, 1, H, W]
     acquired = torch.broadcast_to(mask, (S, 1, H, W))[:, 0] > 0  # [S, H, W]
