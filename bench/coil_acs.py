@@ -23,8 +23,6 @@ whole readout extent of the calibration lines); ``bart`` is ``bart ecalib -m1``
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bart_pics as bart  # bench/bart_pics.py: .cfl files and the bart command
 import common as c  # bench/common.py
 
 from mpcli.physics.coils import _upsample_maps, calibration_width, centre_crop, estimate_maps, kernel_size
@@ -65,27 +64,17 @@ def sigpy_square(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _write_cfl(base: Path, a: np.ndarray) -> None:
-    base.with_suffix(".hdr").write_text("# Dimensions\n" + " ".join(map(str, a.shape)) + "\n")
-    np.asfortranarray(a.astype(np.complex64)).ravel(order="F").tofile(base.with_suffix(".cfl"))
-
-
-def _read_cfl(base: Path) -> np.ndarray:
-    dims = [int(d) for d in base.with_suffix(".hdr").read_text().split("\n")[1].split()]
-    return np.fromfile(base.with_suffix(".cfl"), dtype=np.complex64).reshape(dims, order="F")
-
-
 def bart_ecalib(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``bart ecalib -m1 -r ACS`` per slice (BART's defaults otherwise: crop 0.8)."""
     S, C, H, W = y.shape
     cw = calibration_width(torch.broadcast_to(mask, (S, 1, H, W)))
     out = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="mp-bart-") as tmp:
+        d = Path(tmp)
         for s in range(S):
-            _write_cfl(Path(tmp) / "k", y[s].numpy().transpose(1, 2, 0)[:, :, None, :])  # [H, W, 1, C]
-            subprocess.run(["bart", "ecalib", "-m1", "-r", str(cw), f"{tmp}/k", f"{tmp}/m"], check=True,
-                           capture_output=True)
-            out.append(torch.from_numpy(_read_cfl(Path(tmp) / "m").reshape(H, W, C).transpose(2, 0, 1).copy()))
+            bart.write_cfl(d / "k", y[s].numpy().transpose(1, 2, 0)[:, :, None, :])  # [H, W, 1, C]
+            bart._bart("ecalib", "-m1", "-r", str(cw), str(d / "k"), str(d / "m"))
+            out.append(torch.from_numpy(bart.read_cfl(d / "m").reshape(H, W, C).transpose(2, 0, 1).copy()))
     return torch.stack(out)
 
 
@@ -133,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--estimators", nargs="*", default=None, help="subset of the estimator names")
     args = ap.parse_args(argv)
     device = c.setup(args)
-    names = args.estimators or list(ESTIMATORS) + (["bart ecalib"] if shutil.which("bart") else [])
+    names = args.estimators or list(ESTIMATORS) + (["bart ecalib"] if bart.available() else [])
     estimators = {**ESTIMATORS, "bart ecalib": bart_ecalib}
     acs_list = args.acs or ((12,) if args.quick else ACS)
     rows = []
@@ -146,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 try:
                     maps = estimators[name](y, mask)
-                except (subprocess.CalledProcessError, ValueError) as exc:
+                except (RuntimeError, ValueError) as exc:
                     print(f"{scan} ACS {acs} {name}: failed ({str(exc).splitlines()[0][:80]})", file=sys.stderr)
                     continue
                 t = (time.perf_counter() - t0) / S
