@@ -226,8 +226,10 @@ def estimate_maps(
     maps = []
     for s in range(S):
         A = calibration_matrix(centre_crop(ksp[s], box), centre_crop(acquired[s], box), kernel)  # [L, C·kh·kw]
-        if A.shape[0] == 0:
-            raise ValueError(f"no fully acquired {kernel[0]}×{kernel[1]} window in the k-space centre")
+        if A.shape[0] == 0:  # no calibration lines at all: the centre block, holes included (blurred maps)
+            log.warning("no fully acquired %d×%d k-space window: coil maps from the centre block", *kernel)
+            block = (min(H, 2 * kernel[0]), min(W, 2 * kernel[1]))
+            A = calibration_matrix(centre_crop(ksp[s], block), torch.ones(block, dtype=torch.bool, device=dev), kernel)
         mps, eig = espirit(A, kernel, coarse, thresh)  # [C, h, w], [h, w]
         mps = _upsample_maps(mps, eig, (H, W), crop, soft) if coarse != (H, W) else mps * _support(eig, crop, soft)
         maps.append(mps)
