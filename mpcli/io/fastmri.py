@@ -133,7 +133,7 @@ def read_fastmri(path: str | Path) -> list[Scan]:
         m = np.asarray(stored_mask).astype(np.float32)
         if m.shape not in ((w,), (hh, w)):
             raise InputError(path, f"mask shape {m.shape} does not match kspace {hh}×{w} (need [W] or [H, W])")
-        mask = np.array(mask_4d(m, kspace.shape))  # [S, 1, H, W], writable (mask_4d broadcasts: a read-only view)
+        mask = mask_4d(m, kspace.shape)  # [S, 1, H, W], a writable copy
     else:
         mask = mask_from_kspace(torch.from_numpy(kspace)).numpy()  # [S, 1, H, W]
     if lim is not None and lim.maximum > 0:
