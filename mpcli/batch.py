@@ -255,12 +255,15 @@ Process = Callable[[Scan, str], list[Path]]
 def run_batch(files: list[Path], out_dir: Path, process: Process, *, model_sha256: str | None,
               options: dict, formats: tuple[str, ...], resume: bool = False, overwrite: bool = False,
               stems: dict[Path, str] | None = None,
-              on_file: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+              on_file: Callable[[Outcome], None] | None = None,
+              after: Callable[[Outcome], Outcome] | None = None) -> list[Outcome]:
     """Reconstruct each input file with ``process``; never stops on a bad file.
 
     ``formats`` are the output formats ``process`` writes (for the names
-    planned before anything is written). Returns one :class:`Outcome` per
-    input, in order.
+    planned before anything is written). ``after`` maps each input's outcome
+    to its final one once its manifest is written (sending its DICOM series to
+    a PACS: :class:`mpcli.delivery.PacsSender`); it must not raise. Returns
+    one :class:`Outcome` per input, in order.
     """
     from mpcli.io.atomic import remove_stale_temps
     from mpcli.io.readers import list_frames
@@ -273,6 +276,8 @@ def run_batch(files: list[Path], out_dir: Path, process: Process, *, model_sha25
         t0 = time.perf_counter()
         outcome = process_file(f, out_dir, plan, process, model_sha256=model_sha256, options=options,
                                resume=resume, overwrite=overwrite)
+        if after is not None:
+            outcome = after(outcome)
         outcome.seconds = time.perf_counter() - t0
         outcomes.append(outcome)
         if on_file:

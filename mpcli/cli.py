@@ -166,6 +166,12 @@ def _outcomes_json(outcomes) -> str:
                        for o in outcomes], indent=2)
 
 
+_SEND_HELP = ("Also store each DICOM series (needs --format dicom) in this PACS by C-STORE, e.g. "
+              "ORTHANC@pacs.example.org:4242. A PACS that refuses or cannot be reached keeps the local "
+              "outputs and fails that input (exit 4, or 7 in a batch); --resume sends only what it did "
+              "not acknowledge (recorded in each manifest).")
+
+
 @app.command("reconstruct", short_help="Reconstruct k-space files or folders into images: HDF5, NIfTI, DICOM.")
 def reconstruct_cli(
     inputs: list[Path] = typer.Argument(..., metavar="SCAN|DIR...",
@@ -175,7 +181,8 @@ def reconstruct_cli(
                                help="zero-filled, sense (CG-SENSE), cs (L1-wavelet), meta (the shipped "
                                "prior, not adapted) or adapted (the network from mp adapt; needs --model)."),
     formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
-                                      help="h5, nifti or dicom; repeat for several (-f nifti -f dicom)."),
+                                      help="h5, nifti or dicom; repeat for several (-f nifti -f dicom) "
+                                      "or give a comma list (-f nifti,dicom)."),
     model: Path | None = typer.Option(None, metavar="WEIGHTS.safetensors",
                                       help="Network weights for --method adapted (or meta): the file "
                                       "mp adapt wrote."),
@@ -188,11 +195,15 @@ def reconstruct_cli(
     shard: str | None = typer.Option(None, metavar="I/N",
                                      help="Only the I-th of N deterministic shards of the inputs (job arrays)."),
     anonymize: bool = typer.Option(False, "--anonymize", help="Blank patient and study identifiers in DICOM."),
+    send: str | None = typer.Option(None, "--send", metavar="AET@HOST:PORT", help=_SEND_HELP),
+    calling_aet: str = typer.Option("MP", "--calling-aet", metavar="AET",
+                                    help="Our AE title when sending (--send)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     """Reconstruct k-space files or folders into images: HDF5, NIfTI, DICOM.
 
     A bad file is reported and skipped; the others finish (exit code 7).
+    With --send each DICOM series is also stored in a PACS.
 
     Examples:
 
@@ -201,6 +212,7 @@ def reconstruct_cli(
       mp reconstruct scans/ --out recon/ --method cs --format nifti --format dicom
       mp reconstruct scan.h5 --out recon/ --method adapted \\
                      --model out/adapted.safetensors --format dicom
+      mp reconstruct scans/ --out recon/ --format nifti,dicom --send PACS@pacs.example.org:104
     """
     with _guard():
         from mpcli.batch import (
@@ -211,21 +223,13 @@ def reconstruct_cli(
             run_batch,
             select_shard,
         )
-        from mpcli.device import resolve_device
         from mpcli.errors import InputError, UsageError
-        from mpcli.reconstruct import (
-            FORMATS,
-            METHODS,
-            ReconOptions,
-            reconstruct_scan,
-            write_outputs,
-        )
+        from mpcli.reconstruct import METHODS, parse_formats
 
         if method not in METHODS:
             raise UsageError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-        bad = [f for f in formats if f not in FORMATS]
-        if bad:
-            raise UsageError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
+        fmts = parse_formats(formats)
+        sender = _pacs_sender(send, calling_aet, fmts, out_dir)
         parse_shard(shard)
         check_output_dir(out_dir, inputs)
         files = collect_inputs(inputs)
@@ -233,22 +237,49 @@ def reconstruct_cli(
             raise InputError(None, "no k-space files (.h5, .hdf5, .mrd) found in the given folders")
         stems = output_stems(files)
         files = select_shard(files, parse_shard(shard))
-        dev = resolve_device(device)
-        net, model_sha = _load_network(method, model, dev)
-        options = ReconOptions(method=method, formats=tuple(dict.fromkeys(formats)), cs_lam=cs_lam,
-                               batch=batch, anonymize=anonymize)
-
-        def process(scan, stem):
-            recon = reconstruct_scan(scan, options, dev, model=net, model_sha256=model_sha)
-            return write_outputs(recon, out_dir, stem, options)
+        process, options, model_sha = _recon_job(method, model, device, fmts, cs_lam, batch, anonymize, out_dir)
 
         with _progress() as progress:
             task = progress.add_task(f"reconstruct ({method})", total=len(files))
             outcomes = run_batch(files, out_dir, process, model_sha256=model_sha,
                                  options=options.manifest(), formats=options.formats, resume=resume,
-                                 overwrite=overwrite, stems=stems, on_file=lambda o: progress.advance(task))
+                                 overwrite=overwrite, stems=stems, on_file=lambda o: progress.advance(task),
+                                 after=sender)
         _report(outcomes, as_json, "mp reconstruct", out_dir)
         raise typer.Exit(_batch_exit(outcomes))
+
+
+def _pacs_sender(send: str | None, calling_aet: str, formats: tuple[str, ...], out_dir: Path):
+    """The ``run_batch`` step that sends to ``--send`` (None without it); bad values are usage errors."""
+    if send is None:
+        return None
+    from mpcli.delivery import PacsSender
+    from mpcli.errors import UsageError
+    from mpcli.io.pacs import check_aet, parse_destination
+
+    dest = parse_destination(send)
+    check_aet(calling_aet, "--calling-aet")
+    if "dicom" not in formats:
+        raise UsageError(None, "--send stores DICOM series: add dicom to --format (e.g. --format nifti,dicom)")
+    return PacsSender(out_dir, dest, calling_aet)
+
+
+def _recon_job(method: str, model: Path | None, device: str, formats: tuple[str, ...], cs_lam: float,
+               batch: int, anonymize: bool, out_dir: Path):
+    """``(process, options, model_sha256)`` for :func:`mpcli.batch.run_batch`: reconstruct
+    one scan with ``method`` and write it into ``out_dir``."""
+    from mpcli.device import resolve_device
+    from mpcli.reconstruct import ReconOptions, reconstruct_scan, write_outputs
+
+    dev = resolve_device(device)
+    net, model_sha = _load_network(method, model, dev)
+    options = ReconOptions(method=method, formats=formats, cs_lam=cs_lam, batch=batch, anonymize=anonymize)
+
+    def process(scan, stem):
+        recon = reconstruct_scan(scan, options, dev, model=net, model_sha256=model_sha)
+        return write_outputs(recon, out_dir, stem, options)
+
+    return process, options, model_sha
 
 
 def _load_network(method: str, model: Path | None, dev):
@@ -371,7 +402,14 @@ def adapt_cli(
     patience: int = typer.Option(4, metavar="N", help="Stop after N steps without self-validation improvement."),
     recon: Path | None = typer.Option(None, metavar="DIR", help="Also reconstruct the scans into this folder."),
     formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
-                                      help="Formats for --recon: h5, nifti or dicom; repeat for several."),
+                                      help="Formats for --recon: h5, nifti or dicom; repeat for several "
+                                      "or give a comma list."),
+    send: str | None = typer.Option(None, "--send", metavar="AET@HOST:PORT",
+                                    help="Also store the --recon DICOM series in this PACS (C-STORE). If it fails, "
+                                    "`mp reconstruct SCANS --out DIR --method adapted --model WEIGHTS --format "
+                                    "… --resume --send …` sends only what was not acknowledged."),
+    calling_aet: str = typer.Option("MP", "--calling-aet", metavar="AET",
+                                    help="Our AE title when sending (--send)."),
     device: str = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, metavar="N", help="Seed of every random choice (splits, slices)."),
     plot: Path | None = typer.Option(None, metavar="CURVE.png",
@@ -408,17 +446,18 @@ def adapt_cli(
         from mpcli.meta.adapt import AdaptConfig
         from mpcli.meta.losses import LOSSES, is_measurement_only
         from mpcli.reconstruct import (
-            FORMATS,
             ReconOptions,
+            parse_formats,
             reconstruct_scan,
             write_outputs,
         )
 
         if loss not in LOSSES or not is_measurement_only(loss):
             raise UsageError(None, f"--loss must be a measurement-only loss (ssdu, wssdu, ei, mc), got {loss!r}")
-        bad = [f for f in formats if f not in FORMATS]
-        if bad:
-            raise UsageError(None, f"--format must be among {', '.join(FORMATS)}, got {bad[0]!r}")
+        fmts = parse_formats(formats)
+        if send is not None and recon is None:
+            raise UsageError(None, "--send sends the reconstructions: add --recon DIR")
+        sender = _pacs_sender(send, calling_aet, fmts, recon) if recon is not None else None
         inputs = list(kspace) + list(more or [])
         if recon is not None:
             check_output_dir(recon, inputs)
@@ -449,7 +488,7 @@ def adapt_cli(
         res = adapted.result
         outcomes = []
         if recon is not None:
-            options = ReconOptions(method="adapted", formats=tuple(dict.fromkeys(formats)))
+            options = ReconOptions(method="adapted", formats=fmts)
             maps = {(s.scan.sha256, s.scan.frame): s.maps for s in adapted.site}
 
             def process(scan, stem):
@@ -458,7 +497,8 @@ def adapt_cli(
                 return write_outputs(r, recon, stem, options)
 
             outcomes = run_batch(files, recon, process, model_sha256=adapted.sha256, options=options.manifest(),
-                                 formats=options.formats, overwrite=overwrite, stems=output_stems(files))
+                                 formats=options.formats, overwrite=overwrite, stems=output_stems(files),
+                                 after=sender)
         if plot is not None:
             from mpcli.report import loss_curve
 
@@ -495,6 +535,98 @@ def adapt_cli(
             if o.status == "failed":
                 err.print(f"mp: error: {printable(o.error)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(_batch_exit(outcomes) if outcomes else EXIT_OK)
+
+
+@app.command("watch", short_help="Reconstruct each k-space file that lands in a folder, until stopped.")
+def watch_cli(
+    inbox: Path = typer.Argument(..., metavar="INBOX",
+                                 help="Folder to watch (subfolders too), e.g. where the scanner exports."),
+    out_dir: Path = typer.Option(..., "--out", "-o", metavar="DIR",
+                                 help="Output folder (created if needed); not inside INBOX."),
+    method: str = typer.Option("cs", metavar="METHOD",
+                               help="zero-filled, sense (CG-SENSE), cs (L1-wavelet), meta (the shipped "
+                               "prior, not adapted) or adapted (the network from mp adapt; needs --model)."),
+    formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
+                                      help="h5, nifti or dicom; repeat for several (-f nifti -f dicom) "
+                                      "or give a comma list (-f nifti,dicom)."),
+    model: Path | None = typer.Option(None, metavar="WEIGHTS.safetensors",
+                                      help="Network weights for --method adapted (or meta): the file "
+                                      "mp adapt wrote."),
+    device: str = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    cs_lam: float = typer.Option(1e-3, metavar="NUMBER",
+                                 help="L1-wavelet weight for --method cs (on scale-normalised data)."),
+    batch: int = typer.Option(4, min=1, metavar="SLICES", help="Slices per network batch (halved on GPU out-of-memory)."),
+    anonymize: bool = typer.Option(False, "--anonymize", help="Blank patient and study identifiers in DICOM."),
+    send: str | None = typer.Option(None, "--send", metavar="AET@HOST:PORT",
+                                    help="Also store each DICOM series in this PACS (C-STORE); what it does not "
+                                    "acknowledge is sent again later and after a restart."),
+    calling_aet: str = typer.Option("MP", "--calling-aet", metavar="AET",
+                                    help="Our AE title when sending (--send)."),
+    settle: float = typer.Option(5.0, min=0.0, metavar="SECONDS",
+                                 help="How long a file's size and mtime must stay unchanged before it counts "
+                                 "as complete (files renamed in from a temporary name wait this long too)."),
+    poll: float = typer.Option(1.0, min=0.01, metavar="SECONDS", help="Time between looks at INBOX."),
+    once: bool = typer.Option(False, "--once", help="Handle what is in INBOX (waiting for files still being "
+                              "written), then exit with the batch exit code (for cron and tests)."),
+    log: Path | None = typer.Option(None, metavar="LOG.jsonl",
+                                    help="JSON-lines event log (default: DIR/watch.jsonl; appended)."),
+):
+    """Reconstruct each k-space file that lands in INBOX, once it is complete, until stopped.
+
+    Temporary names (dotfiles, *.tmp, *.part, *.partial, *.crdownload, *~) are
+    ignored. Each file gets the outputs, manifest and errors of mp reconstruct;
+    a bad file is logged and skipped. Files already done (a matching manifest in
+    DIR) are skipped, so a restart picks up only what it missed. SIGTERM
+    finishes the current file and exits 0; Ctrl-C (SIGINT) or a second SIGTERM
+    abandons it (nothing half-written is left) and exits 130.
+
+    Examples:
+
+    \b
+      mp watch /srv/scanner-export --out /srv/recon --format nifti,dicom --send PACS@pacs:104
+      mp watch inbox/ --out recon/ --once
+    """
+    with _guard():
+        from mpcli.batch import check_output_dir
+        from mpcli.errors import InputError, UsageError
+        from mpcli.reconstruct import METHODS, parse_formats
+        from mpcli.watch import JsonlLog, StopFlag, stop_signals, watch
+
+        if method not in METHODS:
+            raise UsageError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        fmts = parse_formats(formats)
+        sender = _pacs_sender(send, calling_aet, fmts, out_dir)
+        if not inbox.is_dir():
+            raise InputError(inbox, "is not a folder; mp watch needs the folder files land in")
+        check_output_dir(out_dir, [inbox])
+        process, options, model_sha = _recon_job(method, model, device, fmts, cs_lam, batch, anonymize, out_dir)
+        journal = JsonlLog(log or out_dir / "watch.jsonl")
+
+        def show(record):
+            event = record["event"]
+            if event == "failed":
+                err.print(f"mp: error: {printable(record['error'])}", markup=False, highlight=False, soft_wrap=True)
+            elif event in ("done", "skipped"):
+                err.print(f"mp watch: {event} {printable(record['input'])}", markup=False, highlight=False,
+                          soft_wrap=True)
+            elif event == "error":
+                err.print(f"mp watch: {printable(record['error'])} (still watching)", markup=False,
+                          highlight=False, soft_wrap=True)
+
+        def reports(stem):
+            report = sender.reports.pop(stem, None) if sender is not None else None
+            return report.as_dict() if report is not None else None
+
+        try:
+            with stop_signals(StopFlag()) as stop:
+                result = watch(inbox, out_dir, process, model_sha256=model_sha, options=options.manifest(),
+                               formats=options.formats, log=journal, settle=settle, poll=poll, once=once,
+                               stop=stop, after=sender, reports=reports, on_event=show,
+                               start_fields={"method": method, "formats": list(fmts),
+                                             "send": str(sender.dest) if sender else None})
+        finally:
+            journal.close()
+        raise typer.Exit(_batch_exit(result.outcomes) if once else EXIT_OK)
 
 
 @app.command("meta-train", short_help="Meta-train a prior by bilevel optimisation over acquisition tasks (advanced).")

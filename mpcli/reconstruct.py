@@ -31,6 +31,22 @@ METHODS = CLASSICAL + NETWORK
 FORMATS = tuple(OUTPUT_NAMES)
 
 
+def parse_formats(values: list[str], option: str = "--format") -> tuple[str, ...]:
+    """Output formats from repeated and/or comma-separated values, in order, each once.
+
+    ``["dicom,nifti", "h5"]`` → ``("dicom", "nifti", "h5")``; an unknown or
+    empty name is a :class:`UsageError`.
+    """
+    from mpcli.errors import UsageError
+
+    names = [name.strip() for value in values for name in value.split(",")]
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise UsageError(None, f"{option} must be among {', '.join(FORMATS)} (repeat it or give a comma "
+                               f"list), got {bad[0] if bad else ''!r}")
+    return tuple(dict.fromkeys(names))
+
+
 @dataclass(frozen=True)
 class ReconOptions:
     """What to reconstruct and write; recorded in each output's manifest."""
