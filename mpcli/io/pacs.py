@@ -167,7 +167,7 @@ def _unreachable(dest: PacsDestination, timeout: float) -> str:
 def _store(pending: list[InstanceResult], contexts: dict[str, list[str]], dest: PacsDestination,
            calling_aet: str, timeout: float) -> None:
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-    from pynetdicom import AE
+    from pynetdicom import AE, evt
     from pynetdicom.status import code_to_category
 
     ae = AE(ae_title=calling_aet)
@@ -175,11 +175,22 @@ def _store(pending: list[InstanceResult], contexts: dict[str, list[str]], dest: 
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, list(dict.fromkeys([*syntaxes, ExplicitVRLittleEndian,
                                                                 ImplicitVRLittleEndian])))
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet)
+    rejection = []
+
+    def on_acse(event):  # keep the PACS's own reason for a rejection (A-ASSOCIATE-RJ)
+        primitive = event.primitive
+        if getattr(primitive, "result", None) in (0x01, 0x02):
+            rejection.append(f"{primitive.reason_str}, {primitive.result_str.lower()}")
+
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)])
     if not assoc.is_established:
-        why = ("association rejected (is the called AE title right, and does the PACS accept "
-               f"calling AE {calling_aet}?)" if assoc.is_rejected
-               else "association aborted" if assoc.is_aborted else "association failed")
+        if assoc.is_rejected:
+            why = (f"association rejected ({rejection[0] if rejection else 'no reason given'}; is the called "
+                   f"AE title right, and does the PACS accept calling AE {calling_aet}?)")
+        elif assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
+            why = "the PACS accepts none of the offered SOP classes / transfer syntaxes"
+        else:
+            why = "association aborted" if assoc.is_aborted else "association failed"
         for r in pending:
             r.reason = why
         return
