@@ -566,6 +566,9 @@ def watch_cli(
                                  help="How long a file's size and mtime must stay unchanged before it counts "
                                  "as complete (files renamed in from a temporary name wait this long too)."),
     poll: float = typer.Option(1.0, min=0.01, metavar="SECONDS", help="Time between looks at INBOX."),
+    retry: float = typer.Option(300.0, min=0.0, metavar="SECONDS",
+                                help="With --send: wait before sending again what the PACS did not "
+                                "acknowledge (outputs are kept meanwhile)."),
     once: bool = typer.Option(False, "--once", help="Handle what is in INBOX (waiting for files still being "
                               "written), then exit with the batch exit code (for cron and tests)."),
     log: Path | None = typer.Option(None, metavar="LOG.jsonl",
@@ -621,7 +624,7 @@ def watch_cli(
             with stop_signals(StopFlag()) as stop:
                 result = watch(inbox, out_dir, process, model_sha256=model_sha, options=options.manifest(),
                                formats=options.formats, log=journal, settle=settle, poll=poll, once=once,
-                               stop=stop, after=sender, reports=reports, on_event=show,
+                               stop=stop, after=sender, reports=reports, on_event=show, retry=retry,
                                start_fields={"method": method, "formats": list(fmts),
                                              "send": str(sender.dest) if sender else None})
         finally:

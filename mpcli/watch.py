@@ -28,6 +28,11 @@ depend on what else is in the inbox, so it survives restarts. Two inputs that
 map to one name (``a/b.h5`` and ``a__b.h5``): the second is refused (exit code
 4 in its log line) while the first exists.
 
+PACS. With a sender (``after``), an input whose series the PACS did not
+fully acknowledge is logged *failed* (outputs kept) and looked at again
+``retry`` seconds later, until everything is acknowledged; a restart also
+sends what is missing.
+
 Stopping (:func:`stop_signals`): SIGTERM finishes the current file and stops
 (exit 0, the way ``systemctl stop`` expects); SIGINT (Ctrl-C), or a second
 SIGTERM, abandons the current file — what it had written is removed — and
@@ -66,6 +71,7 @@ TEMPORARY = (".*", "*.tmp", "*.part", "*.partial", "*.crdownload", "*~")
 
 DEFAULT_SETTLE = 5.0
 DEFAULT_POLL = 1.0
+DEFAULT_RETRY = 300.0
 
 
 def is_temporary(name: str) -> bool:
@@ -155,15 +161,18 @@ def watch(inbox: Path, out_dir: Path, process: Process, *, model_sha256: str | N
           formats: tuple[str, ...], log: JsonlLog, settle: float = DEFAULT_SETTLE,
           poll: float = DEFAULT_POLL, once: bool = False, stop: StopFlag | None = None,
           after: Callable[[Outcome], Outcome] | None = None, reports: Callable[[str], dict] | None = None,
-          on_event: Callable[[dict], None] | None = None, start_fields: dict | None = None) -> WatchResult:
+          on_event: Callable[[dict], None] | None = None, start_fields: dict | None = None,
+          retry: float = DEFAULT_RETRY) -> WatchResult:
     """Reconstruct every complete k-space file in ``inbox`` into ``out_dir`` until stopped.
 
     ``process``, ``model_sha256``, ``options``, ``formats`` and ``after`` are
     :func:`mpcli.batch.run_batch`'s. ``once``: return when every file present
     has been handled (waiting for those still being written). ``stop``: a
     :class:`StopFlag` checked between files and while idle. ``reports(stem)``
-    gives the delivery facts logged under ``sent``. ``on_event`` sees each log
-    record (the CLI prints them). KeyboardInterrupt is logged and re-raised.
+    gives (once) the delivery facts logged under ``sent``; when they say some
+    instances were not acknowledged, the file is handled again ``retry``
+    seconds later (its reconstruction is then skipped, only the rest is sent).
+    ``on_event`` sees each log record (the CLI prints them). KeyboardInterrupt is logged and re-raised.
     """
     stop = stop if stop is not None else StopFlag()
     result = WatchResult()
@@ -178,6 +187,7 @@ def watch(inbox: Path, out_dir: Path, process: Process, *, model_sha256: str | N
     seen: dict[Path, tuple[tuple[int, int], float]] = {}  # file -> (signature, monotonic time first seen so)
     handled: dict[Path, tuple[int, int]] = {}  # file -> signature when handled
     owners: dict[str, Path] = {}  # stem -> the input that holds it
+    retry_at: dict[Path, float] = {}  # file -> monotonic time to send what the PACS did not acknowledge
     try:
         while not stop:
             now = time.monotonic()
@@ -205,6 +215,11 @@ def watch(inbox: Path, out_dir: Path, process: Process, *, model_sha256: str | N
             for gone in [f for f in [*seen, *handled] if f not in present]:
                 seen.pop(gone, None)
                 handled.pop(gone, None)
+                retry_at.pop(gone, None)
+            for f, due in list(retry_at.items()):
+                if now >= due:  # look at it again: resume skips the reconstruction, sends the rest
+                    handled.pop(f, None)
+                    del retry_at[f]
             for f in ready:
                 if stop:
                     break
@@ -228,6 +243,9 @@ def watch(inbox: Path, out_dir: Path, process: Process, *, model_sha256: str | N
                 sent = reports(outcome.stem) if reports is not None else None
                 if sent:
                     fields["sent"] = sent
+                    if not once and sent.get("acknowledged", 0) < sent.get("instances", 0):
+                        retry_at[f] = time.monotonic() + retry
+                        fields["retry_in"] = retry
                 emit(outcome.status, **fields)
             if once and not waiting and not ready:  # a pass that found nothing left to do
                 stop.reason = stop.reason or "once"

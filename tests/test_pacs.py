@@ -220,3 +220,36 @@ def test_resume_resends_only_unacknowledged_instances(scans, tmp_path):
         assert len(json.loads((out / "axial.mp.json").read_text())["sent"][pacs.destination]) == 3
     finally:
         pacs.server.shutdown()
+
+
+def test_adapt_recon_sends_and_reconstruct_resume_sends_what_adapt_could_not(orthanc, tmp_path):
+    """``mp adapt --recon --send``; when the PACS is down, the command its help gives
+    (``mp reconstruct --method adapted --model … --resume --send …``) sends without reconstructing."""
+    import torch
+
+    from mpcli.io.weights import save_weights
+    from mpcli.recon.network import ARCH_VERSION, build_network
+    from tests.test_adapt import TINY
+
+    torch.manual_seed(0)
+    prior = tmp_path / "prior.safetensors"
+    save_weights(prior, build_network(TINY).state_dict(), {"arch": "resunroll", "arch_version": ARCH_VERSION,
+                                                           "config": TINY})
+    scan = write_synthetic_fastmri(tmp_path / "knee.h5", slices=2, coils=4, h=32, w=32, acceleration=3, seed=23)
+    recon, weights = tmp_path / "recon", tmp_path / "site.safetensors"
+    res = mp("adapt", "--kspace", scan, "--prior", prior, "--out", weights, "--steps", "2", "--recon", recon,
+             "--format", "nifti,dicom", "--send", f"PACS@127.0.0.1:{free_port()}")
+    assert res.exit_code == EXIT_OUTPUT and "cannot connect" in res.stderr
+    assert weights.is_file() and (recon / "knee.nii.gz").is_file()
+    res = mp("reconstruct", scan, "--out", recon, "--method", "adapted", "--model", weights,
+             "--format", "nifti,dicom", "--resume", "--send", orthanc.destination, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)[0]["status"] == "skipped"
+    assert_arrived_whole(orthanc, recon / "knee_dicom")
+
+    direct = tmp_path / "direct"
+    scan2 = write_synthetic_fastmri(tmp_path / "knee2.h5", slices=2, coils=4, h=32, w=32, acceleration=3, seed=24)
+    res = mp("adapt", "--kspace", scan2, "--prior", prior, "--out", tmp_path / "w2.safetensors", "--steps", "2",
+             "--recon", direct, "--format", "dicom", "--send", orthanc.destination)
+    assert res.exit_code == 0, res.stderr
+    assert_arrived_whole(orthanc, direct / "knee2_dicom")

@@ -131,6 +131,12 @@ def _start(inbox: Path, out: Path, *extra) -> subprocess.Popen:
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def _finish(proc: subprocess.Popen) -> int:
+    """Wait for the watcher to exit (closing its stderr pipe); its exit code."""
+    proc.communicate(timeout=30)
+    return proc.returncode
+
+
 def _wait(predicate, timeout=90.0, proc=None):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -178,7 +184,7 @@ def test_slow_copies_bad_file_stop_and_restart_reconstruct_each_good_file_once(s
     (inbox / "bad.h5").write_bytes(b"not k-space at all")
     _wait(lambda: len(named(events(log), "done")) == 2 and named(events(log), "failed"), proc=proc)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    assert _finish(proc) == 0
     assert events(log)[-1]["event"] == "stop" and events(log)[-1]["reason"] == "SIGTERM"
 
     # while it is down, two files arrive; then it is killed (SIGKILL) while handling them
@@ -188,7 +194,7 @@ def test_slow_copies_bad_file_stop_and_restart_reconstruct_each_good_file_once(s
     proc = _start(inbox, out)
     _wait(lambda: any(r["event"] in ("done", "skipped") for r in events(log)[seen:]), proc=proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    _finish(proc)
     finished = {stem: _complete_or_absent(out, stem) for stem in ("slow", "renamed", "late1", "late2")}
     assert finished["slow"] and finished["renamed"]
     kept = {p: (p.stat().st_ino, p.read_bytes()) for p in out.rglob("*")
@@ -222,6 +228,41 @@ def test_sigint_stops_the_watcher_with_130(tmp_path):
     proc = _start(inbox, out)
     _wait(lambda: named(events(out / "watch.jsonl"), "start"), proc=proc)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == EXIT_INTERRUPTED
+    assert _finish(proc) == EXIT_INTERRUPTED
     last = events(out / "watch.jsonl")[-1]
     assert last["event"] == "stop" and last["reason"] == "SIGINT"
+
+
+@pytest.mark.slow
+def test_watcher_sends_again_what_the_pacs_did_not_acknowledge(sources, tmp_path):
+    from tests.test_pacs import FlakyPacs
+
+    refused = []
+
+    def refuse(ds):  # the first attempt at instance 2 fails, as during a PACS hiccup
+        if int(ds.InstanceNumber) == 2 and not refused:
+            refused.append(str(ds.SOPInstanceUID))
+            return True
+        return False
+
+    pacs = FlakyPacs(refuse)
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    shutil.copy(sources / "g0.h5", inbox / "scan.h5")
+    log = out / "watch.jsonl"
+    proc = _start(inbox, out, "--send", pacs.destination, "--retry", "0.5")
+    try:
+        _wait(lambda: named(events(log), "skipped"), proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        assert _finish(proc) == 0
+    finally:
+        pacs.server.shutdown()
+        if proc.poll() is None:
+            proc.kill()
+            _finish(proc)
+    failed, = named(events(log), "failed")
+    assert failed["sent"]["acknowledged"] == 1 and failed["sent"]["instances"] == 2 and failed["retry_in"] == 0.5
+    retried, = named(events(log), "skipped")  # not reconstructed again, only sent
+    assert retried["sent"]["acknowledged"] == 2 and retried["sent"]["sent_now"] == 1
+    assert not named(events(log), "done")  # the first handling failed (on sending), outputs kept
+    assert len(pacs.received) == 3 and pacs.received.count(refused[0]) == 2  # only the refused one twice

@@ -182,9 +182,15 @@ def _store(pending: list[InstanceResult], contexts: dict[str, list[str]], dest: 
         if getattr(primitive, "result", None) in (0x01, 0x02):
             rejection.append(f"{primitive.reason_str}, {primitive.result_str.lower()}")
 
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)])
+    for _attempt in range(2):  # an abort before any answer (the peer closed at once) is tried once more
+        rejection.clear()
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet,
+                             evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)])
+        if assoc.is_established or assoc.is_rejected or rejection or assoc.accepted_contexts \
+                or assoc.rejected_contexts or not assoc.is_aborted:
+            break
     if not assoc.is_established:
-        if assoc.is_rejected:
+        if assoc.is_rejected or rejection:
             why = (f"association rejected ({rejection[0] if rejection else 'no reason given'}; is the called "
                    f"AE title right, and does the PACS accept calling AE {calling_aet}?)")
         elif assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
