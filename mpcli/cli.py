@@ -468,7 +468,7 @@ def adapt_cli(
             from mpcli.io.readers import list_frames
             from mpcli.output_plan import plan_outputs
 
-            preflight(files, recon, plan_outputs(files, output_stems(files), tuple(formats), list_frames),
+            preflight(files, recon, plan_outputs(files, output_stems(files), fmts, list_frames),
                       overwrite=overwrite)
         weights = out or ((recon / "adapted.safetensors") if recon else Path("adapted.safetensors"))
         expect_file_to_write(weights, "the adapted weights file (--out)", "adapted.safetensors", error=OutputError)
