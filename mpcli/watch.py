@@ -231,8 +231,11 @@ def watch(inbox: Path, out_dir: Path, process: Process, *, model_sha256: str | N
                                                                "rename one of them")))
                 else:
                     owners[stem] = f
-                    outcome = run_batch([f], out_dir, process, model_sha256=model_sha256, options=options,
-                                        formats=formats, resume=True, stems={f: stem}, after=after)[0]
+                    try:
+                        outcome = run_batch([f], out_dir, process, model_sha256=model_sha256, options=options,
+                                            formats=formats, resume=True, stems={f: stem}, after=after)[0]
+                    except MpError as exc:  # the output folder itself failed (removed, full): keep watching
+                        outcome = Outcome(f, stem, "failed", error=str(exc), exit_code=exc.exit_code)
                 handled[f] = seen.pop(f)[0]
                 result.outcomes.append(outcome)
                 fields = {"input": str(f), "stem": outcome.stem,
