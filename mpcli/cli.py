@@ -603,6 +603,8 @@ def watch_cli(
             raise InputError(inbox, "is not a folder; mp watch needs the folder files land in")
         check_output_dir(out_dir, [inbox])
         process, options, model_sha = _recon_job(method, model, device, fmts, cs_lam, batch, anonymize, out_dir)
+        if sender is not None:
+            sender.pause = min(sender.pause, retry)  # a retry must really try
         journal = JsonlLog(log or out_dir / "watch.jsonl")
 
         def show(record):

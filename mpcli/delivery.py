@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,26 +133,45 @@ def _write_manifest(path: Path, body: dict) -> None:
             raise OutputError(path, f"cannot write ({err.strerror or err})") from None
 
 
+UNREACHABLE_PAUSE = 60.0
+"""Seconds during which a PACS that could not be reached is not tried again (each
+attempt at a firewalled host costs the whole connection timeout)."""
+
+
 class PacsSender:
     """``run_batch``'s ``after`` step: deliver each finished input's series to one PACS.
 
     A failed input is passed through; a done or skipped one whose instances
     are not all acknowledged becomes failed (exit code 4) with its outputs kept.
-    ``reports`` holds each input's :class:`SendReport`, by stem.
+    After a connection failure, the next inputs for ``pause`` seconds fail at once with the same reason instead of waiting for the
+    timeout again. ``reports`` holds each input's :class:`SendReport`, by stem.
     """
 
     def __init__(self, out_dir: Path, dest: PacsDestination, calling_aet: str, *,
-                 timeout: float = DEFAULT_TIMEOUT, send: SendFn = send_series):
+                 timeout: float = DEFAULT_TIMEOUT, send: SendFn = send_series, pause: float = UNREACHABLE_PAUSE):
         self.out_dir, self.dest, self.calling_aet = out_dir, dest, calling_aet
-        self.timeout, self.send = timeout, send
+        self.timeout, self.send, self.pause = timeout, send, pause
         self.reports: dict[str, SendReport] = {}
+        self._down: tuple[float, str] | None = None  # (monotonic time of the failure, its reason)
+
+    def _send(self, paths: list[Path], dest: PacsDestination, calling_aet: str,
+              timeout: float) -> list[InstanceResult]:
+        now = time.monotonic()
+        if self._down is not None and now - self._down[0] < self.pause:
+            reason = f"not tried: {self._down[1]} {now - self._down[0]:.0f} s ago"
+            return [InstanceResult(p, "", False, reason=reason) for p in paths]
+        results = self.send(paths, dest, calling_aet, timeout)
+        unreachable = [r.reason for r in results if r.reason.startswith(("cannot connect", "cannot resolve"))]
+        self._down = (time.monotonic(), unreachable[0]) if unreachable and len(unreachable) == len(results) \
+            else None
+        return results
 
     def __call__(self, outcome: Outcome) -> Outcome:
         if outcome.status == "failed":
             return outcome
         try:
             report = deliver(self.out_dir, outcome.stem, self.dest, self.calling_aet,
-                             timeout=self.timeout, send=self.send)
+                             timeout=self.timeout, send=self._send)
         except MpError as exc:
             return dataclasses.replace(outcome, status="failed", error=str(exc), exit_code=exc.exit_code)
         except Exception as exc:  # a bug: reported for this input, the batch goes on

@@ -154,14 +154,17 @@ def test_unreachable_pacs_fails_each_input_and_the_batch_is_partial(scans, tmp_p
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "good.h5").write_bytes((scans / "axial.h5").read_bytes())
+    (folder / "good2.h5").write_bytes((scans / "oblique.h5").read_bytes())
     (folder / "broken.h5").write_bytes(b"not k-space")
     out = tmp_path / "out"
     dest = f"PACS@127.0.0.1:{free_port()}"
     res = mp("reconstruct", folder, "--out", out, "--method", "zero-filled", "--format", "dicom", "--send", dest)
     assert res.exit_code == EXIT_PARTIAL
     errors = _lines(res.stderr)
-    assert len(errors) == 2
+    assert len(errors) == 3
     assert any("good.h5" in e and "cannot connect" in e and "3 of 3 instances" in e for e in errors)
+    # the next input does not wait for another connection attempt
+    assert any("good2.h5" in e and "not tried: cannot connect" in e and "2 of 2 instances" in e for e in errors)
     assert len(list((out / "good_dicom").glob("*.dcm"))) == 3  # kept for a later --resume
 
 
