@@ -45,6 +45,10 @@ class Orthanc:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
             return json.loads(r.read())
 
+    def get_bytes(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            return r.read()
+
     def post(self, path: str, body: dict):
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -52,12 +56,14 @@ class Orthanc:
             return json.loads(r.read())
 
     def series(self, series_uid: str) -> list[dict]:
-        """The instances Orthanc holds for ``series_uid``: simplified tags of each, by InstanceNumber."""
+        """The instances Orthanc holds for ``series_uid``: simplified tags of each (plus
+        ``OrthancID``), by InstanceNumber."""
         ids = self.post("/tools/find", {"Level": "Series", "Query": {"SeriesInstanceUID": series_uid}})
         if not ids:
             return []
         assert len(ids) == 1
-        tags = [self.get(f"/instances/{i['ID']}/simplified-tags") for i in self.get(f"/series/{ids[0]}/instances")]
+        tags = [{**self.get(f"/instances/{i['ID']}/simplified-tags"), "OrthancID": i["ID"]}
+                for i in self.get(f"/series/{ids[0]}/instances")]
         return sorted(tags, key=lambda t: int(t["InstanceNumber"]))
 
 

@@ -5,6 +5,7 @@ The round trip checks what a radiologist would see: every series arrives whole
 back through Orthanc's REST API.
 """
 
+import io
 import json
 from pathlib import Path
 
@@ -59,6 +60,9 @@ def assert_arrived_whole(orthanc, series_dir: Path) -> None:
         assert tags["SeriesInstanceUID"] == uid
         remote_ipp = [float(v) for v in tags["ImagePositionPatient"].split("\\")]
         np.testing.assert_allclose(remote_ipp, ipp, atol=1e-6)
+        stored = pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{tags['OrthancID']}/file")))
+        local = pydicom.dcmread(series_dir / f"IM{number:04d}.dcm")
+        assert stored.PixelData == local.PixelData and stored.RescaleSlope == local.RescaleSlope
 
 
 # ----------------------------------------------------------------- parsing
