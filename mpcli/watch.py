@@ -40,7 +40,8 @@ exits 130. Even SIGKILL leaves nothing half-written (atomic writes), and the
 next start redoes the abandoned file.
 
 Log. One JSON object per line (``time`` in UTC ISO 8601, ``event``, fields):
-``start``, ``waiting`` (a new file, not yet settled), ``done`` / ``skipped`` /
+``start``, ``waiting`` (a new file, not yet settled), ``processing`` (a complete
+file is being handled), ``done`` / ``skipped`` /
 ``failed`` (input, stem, outputs, seconds, error, exit_code, and ``sent`` with
 the PACS acknowledgements when sending), ``error`` (the inbox could not be
 listed; the watcher keeps polling), ``stop`` (reason, exit_code).
@@ -231,6 +232,7 @@ def watch(inbox: Path, out_dir: Path, process: Process, *, model_sha256: str | N
                                                                "rename one of them")))
                 else:
                     owners[stem] = f
+                    emit("processing", input=str(f), stem=stem)
                     try:
                         outcome = run_batch([f], out_dir, process, model_sha256=model_sha256, options=options,
                                             formats=formats, resume=True, stems={f: stem}, after=after)[0]

@@ -159,11 +159,11 @@ def _copy_slowly(src: Path, dst: Path, chunks: int = 8, pause: float = 0.25) -> 
             time.sleep(pause)
 
 
-def _complete_or_absent(out: Path, stem: str) -> bool:
+def _complete_or_absent(out: Path, stem: str, slices: int = 2) -> bool:
     """True when ``stem``'s outputs are complete (returns True) or absent (False); never partial."""
     h5, series, manifest = out / f"{stem}.h5", out / f"{stem}_dicom", out / f"{stem}.mp.json"
     if series.exists():
-        assert len(list(series.glob("*.dcm"))) == 2
+        assert len(list(series.glob("*.dcm"))) == slices
     if manifest.exists() and json.loads(manifest.read_text()).get("status") == "complete":
         assert h5.is_file() and series.is_dir()
         return True
@@ -266,3 +266,31 @@ def test_watcher_sends_again_what_the_pacs_did_not_acknowledge(sources, tmp_path
     assert retried["sent"]["acknowledged"] == 2 and retried["sent"]["sent_now"] == 1
     assert not named(events(log), "done")  # the first handling failed (on sending), outputs kept
     assert len(pacs.received) == 3 and pacs.received.count(refused[0]) == 2  # only the refused one twice
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 0), (signal.SIGINT, EXIT_INTERRUPTED)])
+def test_stop_during_a_file_finishes_it_or_abandons_it_cleanly(signum, code, tmp_path):
+    """SIGTERM while a file is being reconstructed lets it finish; SIGINT abandons it,
+    leaving no output at all, and the next start reconstructs it."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    write_synthetic_fastmri(inbox / "big.h5", slices=4, coils=8, h=96, w=96, seed=50, acceleration=2)
+    log = out / "watch.jsonl"
+    cmd = [sys.executable, "-m", "mpcli", "watch", str(inbox), "--out", str(out), "--method", "sense",
+           "--format", "h5,dicom", "--settle", "0.2", "--poll", "0.05"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _wait(lambda: named(events(log), "processing"), proc=proc)
+    proc.send_signal(signum)
+    assert _finish(proc) == code
+    records = events(log)
+    assert records[-1]["event"] == "stop"
+    if signum == signal.SIGTERM:
+        assert named(records, "done", "big.h5") and _complete_or_absent(out, "big", slices=4)
+    else:
+        assert not named(records, "done", "big.h5")  # abandoned (unless it had just finished)
+        assert sorted(p.name for p in out.iterdir()) == ["watch.jsonl"]
+        res = subprocess.run([*cmd, "--once"], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert len(named(events(log), "done", "big.h5")) == 1 and _complete_or_absent(out, "big", slices=4)
