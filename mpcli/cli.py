@@ -212,7 +212,7 @@ def reconstruct_cli(
       mp reconstruct scans/ --out recon/ --method cs --format nifti --format dicom
       mp reconstruct scan.h5 --out recon/ --method adapted \\
                      --model out/adapted.safetensors --format dicom
-      mp reconstruct scans/ --out recon/ --format nifti,dicom --send PACS@pacs.example.org:104
+      mp reconstruct scans/ --out recon/ -f nifti,dicom --send PACS@pacs:104
     """
     with _guard():
         from mpcli.batch import (
@@ -574,9 +574,10 @@ def watch_cli(
     log: Path | None = typer.Option(None, metavar="LOG.jsonl",
                                     help="JSON-lines event log (default: DIR/watch.jsonl; appended)."),
 ):
-    """Reconstruct each k-space file that lands in INBOX, once it is complete, until stopped.
+    """Reconstruct each k-space file that lands in a folder, until stopped.
 
-    Temporary names (dotfiles, *.tmp, *.part, *.partial, *.crdownload, *~) are
+    A file in INBOX is handled once it is complete (size and mtime unchanged
+    for --settle seconds). Temporary names (dotfiles, *.tmp, *.part, *.partial, *.crdownload, *~) are
     ignored. Each file gets the outputs, manifest and errors of mp reconstruct;
     a bad file is logged and skipped. Files already done (a matching manifest in
     DIR) are skipped, so a restart picks up only what it missed. SIGTERM
@@ -586,7 +587,7 @@ def watch_cli(
     Examples:
 
     \b
-      mp watch /srv/scanner-export --out /srv/recon --format nifti,dicom --send PACS@pacs:104
+      mp watch /srv/export --out /srv/recon -f nifti,dicom --send PACS@pacs:104
       mp watch inbox/ --out recon/ --once
     """
     with _guard():

@@ -15,7 +15,7 @@ from mpcli.cli import app
 from mpcli.helptext import ORDER, Typer
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("info", "adapt", "reconstruct", "eval", "meta-train")  # documented in the README
+COMMANDS = ("info", "adapt", "reconstruct", "eval", "watch", "meta-train")  # documented in the README
 ALL = tuple(typer.main.get_command(app).commands)  # and any command added later
 
 

@@ -62,7 +62,9 @@ def assert_arrived_whole(orthanc, series_dir: Path) -> None:
         np.testing.assert_allclose(remote_ipp, ipp, atol=1e-6)
         stored = pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{tags['OrthancID']}/file")))
         local = pydicom.dcmread(series_dir / f"IM{number:04d}.dcm")
-        assert stored.PixelData == local.PixelData and stored.RescaleSlope == local.RescaleSlope
+        assert stored.PixelData == local.PixelData
+        slope = lambda d: float(d.RealWorldValueMappingSequence[0].RealWorldValueSlope)  # the image's units
+        assert slope(stored) == slope(local)
 
 
 # ----------------------------------------------------------------- parsing
