@@ -24,6 +24,12 @@ Sources (``SOURCES``):
 
 - ``shepp_logan``: sigpy's Shepp–Logan phantom with randomly perturbed ellipse
   amplitudes, sizes, positions and angles (plane ignored).
+- scan-like sources (via :func:`get_source` only): real MR volumes and slices
+  installed by Debian packages and wheels (:mod:`mpcli.data.scans`: ``colin27``,
+  ``colin27_hires``, ``macaque_t1``, ``nibabel_epi``, ``itk_slices``,
+  ``mpl_s1045``, ``pydicom_mr``, and the validation-only ``itk_t1_head``) and
+  synthetic images (:mod:`mpcli.data.synthetic`: ``label_map``, ``dead_leaves``,
+  ``natural``).
 - ``fastmri:DIR`` (via :func:`get_source` only): fully sampled fastMRI
   multi-coil HDF5 files; images are the RSS of the file's coil images, and
   :meth:`FastMRISource.kspace_slices` gives the file's own k-space (see
@@ -307,11 +313,25 @@ SOURCES: dict[str, Source] = {
 }
 
 
+def all_source_names() -> list[str]:
+    """Every named source: ``SOURCES`` and the scan-like and synthetic ones."""
+    from mpcli.data.scans import SCAN_SOURCES
+    from mpcli.data.synthetic import SYNTHETIC_SOURCES
+
+    return [*SOURCES, *SCAN_SOURCES, *SYNTHETIC_SOURCES]
+
+
 def get_source(name: str) -> Source:
-    """The source called ``name`` (a key of ``SOURCES``, or ``fastmri:DIR``)."""
+    """The source called ``name`` (see :func:`all_source_names`, or ``fastmri:DIR``)."""
     if name.startswith("fastmri:"):
         return FastMRISource(name.split(":", 1)[1])
-    if name not in SOURCES:
+    if name in SOURCES:
+        return SOURCES[name]
+    from mpcli.data.scans import SCAN_SOURCES
+    from mpcli.data.synthetic import SYNTHETIC_SOURCES
+
+    extra = {**SCAN_SOURCES, **SYNTHETIC_SOURCES}
+    if name not in extra:
         raise ValueError(f"unknown image source {name!r}; expected one of "
-                         f"{', '.join(SOURCES)} or fastmri:DIR")
-    return SOURCES[name]
+                         f"{', '.join(all_source_names())} or fastmri:DIR")
+    return extra[name]

@@ -42,6 +42,18 @@ with D a small residual CNN on [Re x, Im x]: conv3×3 (2 → F), (depth − 2) �
 [ReLU, conv3×3 (F → F)], ReLU, conv3×3 (F → 2). D is shared across iterations
 by default (``shared=True``: fewer parameters, faster meta-learning); η_k > 0
 per iteration (η₀ = 1; ‖A‖ ≤ 1 makes the gradient step non-expansive).
+
+Denoisers D (``denoiser`` option of MoDL and ResUnroll):
+
+- ``"cnn"`` (default, the shipped prior): the plain residual CNN above,
+  receptive field (2·depth + 1)² pixels.
+- ``"unet"``: a U-Net (Ronneberger 2015) with ``levels`` resolutions and
+  ``features``·2^l channels at level l; each level two [conv3×3, LeakyReLU]
+  blocks, 2×2 average pooling down, bilinear ×2 up and concatenation of the
+  skip. Its receptive field covers the whole image at 128² with 4 levels,
+  at a CPU cost close to the 5-layer CNN (the coarse levels are cheap).
+  Any H, W: the input is zero-padded to a multiple of 2^(levels−1) and the
+  output cropped back.
 """
 
 from __future__ import annotations
@@ -158,6 +170,58 @@ class _Denoiser(nn.Module):
         return z.contiguous()
 
 
+class _UNet(nn.Module):
+    """U-Net D: [Re, Im] → correction, ``[B, 2, H, W]`` → ``[B, 2, H, W]``.
+
+    Level l (0 … L−1) has c_l = features·2^l channels; encoder l: two conv3×3 +
+    LeakyReLU(0.1) at 1/2^l resolution; decoder l (L−2 … 0): bilinear ×2 up of
+    level l+1, concatenate encoder l, two conv3×3 + LeakyReLU; a final 1×1 conv
+    (c_0 → 2) initialised small (×``out_scale``) so the unrolled network starts
+    close to its plain data-consistency solver.
+    """
+
+    def __init__(self, features: int, levels: int, out_scale: float = 0.1):
+        super().__init__()
+        self.levels = int(levels)
+        ch = [int(features) * 2**lv for lv in range(self.levels)]
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(0.1),
+                                 nn.Conv2d(cout, cout, 3, padding=1), nn.LeakyReLU(0.1))
+
+        self.down = nn.ModuleList(block(2 if lv == 0 else ch[lv - 1], ch[lv]) for lv in range(self.levels))
+        self.up = nn.ModuleList(block(ch[lv] + ch[lv + 1], ch[lv]) for lv in range(self.levels - 1))
+        self.out = nn.Conv2d(ch[0], 2, 1)
+        with torch.no_grad():
+            self.out.weight.mul_(out_scale)
+            self.out.bias.zero_()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h, w = z.shape[-2:]
+        m = 2 ** (self.levels - 1)
+        ph, pw = (-h) % m, (-w) % m
+        z = F.pad(z, (0, pw, 0, ph)).contiguous(memory_format=torch.channels_last)  # [B, 2, H', W']
+        skips = []
+        for lv, enc in enumerate(self.down):
+            z = enc(z if lv == 0 else F.avg_pool2d(z, 2))  # [B, c_l, H'/2^l, W'/2^l]
+            skips.append(z)
+        for lv in range(self.levels - 2, -1, -1):
+            z = F.interpolate(z, size=skips[lv].shape[-2:], mode="bilinear", align_corners=False)
+            z = self.up[lv](torch.cat((z, skips[lv]), dim=1))  # [B, c_l, …]
+        return self.out(z)[..., :h, :w].contiguous()  # [B, 2, H, W]
+
+
+DENOISERS: tuple[str, ...] = ("cnn", "unet")
+
+
+def _make_denoiser(kind: str, features: int, depth: int, levels: int) -> nn.Module:
+    if kind == "cnn":
+        return _Denoiser(features, depth)
+    if kind == "unet":
+        return _UNet(features, levels)
+    raise ValueError(f"unknown denoiser {kind!r}; expected 'cnn' or 'unet'")
+
+
 class ResUnroll(nn.Module):
     """Unrolled gradient step + residual CNN (see the module docstring).
 
@@ -167,14 +231,15 @@ class ResUnroll(nn.Module):
         depth: convolutions per CNN (≥ 2).
         shared: one CNN for all iterations (True) or one per iteration.
         eta: initial data-consistency step η_k.
+        denoiser: "cnn" or "unet" (``levels`` resolutions).
     """
 
     def __init__(self, iters: int = 8, features: int = 32, depth: int = 5,
-                 shared: bool = True, eta: float = 1.0):
+                 shared: bool = True, eta: float = 1.0, denoiser: str = "cnn", levels: int = 4):
         super().__init__()
         self.iters, self.shared = int(iters), bool(shared)
         n = 1 if self.shared else self.iters
-        self.denoisers = nn.ModuleList(_Denoiser(features, depth) for _ in range(n))
+        self.denoisers = nn.ModuleList(_make_denoiser(denoiser, features, depth, levels) for _ in range(n))
         self.rho_eta = nn.Parameter(torch.full((self.iters,), _softplus_inv(eta)))
 
     def forward(self, y: torch.Tensor, A) -> torch.Tensor:
@@ -208,13 +273,14 @@ class MoDL(nn.Module):
         features, depth: the CNN D (as in ResUnroll).
         cg_iters: CG iterations per data-consistency step.
         mu: initial μ.
+        denoiser: "cnn" (``depth`` convolutions) or "unet" (``levels`` resolutions).
     """
 
     def __init__(self, iters: int = 5, features: int = 32, depth: int = 5, cg_iters: int = 6,
-                 mu: float = 0.05):
+                 mu: float = 0.05, denoiser: str = "cnn", levels: int = 4):
         super().__init__()
         self.iters, self.cg_iters = int(iters), int(cg_iters)
-        self.denoiser = _Denoiser(features, depth)
+        self.denoiser = _make_denoiser(denoiser, features, depth, levels)
         self.rho_mu = nn.Parameter(torch.tensor(_softplus_inv(mu)))
 
     def forward(self, y: torch.Tensor, A) -> torch.Tensor:
@@ -245,6 +311,11 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "modl": {"arch": "modl", "iters": 5, "features": 32, "depth": 5, "cg_iters": 6, "mu": 0.05},
 }
 
+MODL_UNET: dict[str, Any] = {"arch": "modl", "iters": 5, "features": 16, "levels": 4, "denoiser": "unet",
+                             "cg_iters": 6, "mu": 0.05}
+"""MoDL with a shared 4-level U-Net (16 base channels, 482k parameters): the network of
+the scan-like training curriculum (:mod:`mpcli.meta.curriculum`)."""
+
 
 def default_config(arch: str) -> dict:
     """Default network configuration for ``arch`` ("pdnet" or "resunroll")."""
@@ -255,7 +326,7 @@ def default_config(arch: str) -> dict:
 
 CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "layers": (1, 100), "iters": (1, 100), "cg_iters": (1, 100),
-    "filters": (1, 512), "features": (1, 512), "depth": (2, 32),
+    "filters": (1, 512), "features": (1, 512), "depth": (2, 32), "levels": (1, 6),
 }
 """Allowed range of each integer hyper-parameter (a weight file's metadata is untrusted)."""
 REAL_BOUND = 1e4
@@ -277,6 +348,9 @@ def check_config(config: dict) -> None:
         if key == "shared":
             if not isinstance(value, bool):
                 raise ValueError(f"'shared' must be true or false, got {value!r}")
+        elif key == "denoiser":
+            if value not in DENOISERS:
+                raise ValueError(f"'denoiser' must be one of {', '.join(DENOISERS)}, got {value!r}")
         elif key in CONFIG_BOUNDS:
             lo, hi = CONFIG_BOUNDS[key]
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
