@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from mpcli.physics.fft import fft2c
 
@@ -52,6 +53,58 @@ def smooth_phase(shape: tuple[int, int], rng: np.random.Generator, strength: flo
     return (strength * p + offset).astype(np.float32)
 
 
+def biot_savart_maps(n_coils: int, shape: tuple[int, int], rng: np.random.Generator,
+                     grid: int = 32, segments: int = 48) -> np.ndarray:
+    """Receive sensitivities of circular loops by the Biot–Savart law, ``[C, H, W]`` complex64 (unnormalised).
+
+    Geometry (units of the half field of view; slice plane z = 0, x along W, y along H):
+    loops of radius a_c ~ U(0.3, 0.6) sit on an elliptic cylinder (semi-axes
+    U(1.15, 1.4) each, close around an object inside the inscribed ellipse) around a
+    centre shifted by N(0, 0.05²) in-plane, at angles
+    spread evenly with a random rotation and ±0.2·2π/C jitter, at heights
+    z_c ~ U(−0.4, 0.4) (coils above and below the slice), each loop facing the
+    cylinder axis tilted by up to ±20°. With the loop discretised into
+    ``segments`` straight elements dl at r_s::
+
+        B(r) = Σ_s dl_s × (r − r_s) / max(|r − r_s|, 0.2)³,     S_c(r) = (B_x − i B_y)(r) · e^{iφ_c}
+
+    (the circularly polarised receive field B₁⁻ up to a constant; φ_c ~ U(0, 2π) the
+    receiver phase), evaluated on a ``grid``² grid and interpolated (the field is
+    smooth inside the array) to ``shape``.
+    """
+    h, w = shape
+    gh, gw = max(2, min(grid, h)), max(2, min(grid, w))
+    y = (np.arange(gh) + 0.5) / gh * 2 - 1
+    x = (np.arange(gw) + 0.5) / gw * 2 - 1
+    yy, xx = np.meshgrid(y * h / max(h, w), x * w / max(h, w), indexing="ij")
+    pts = np.stack([xx.ravel(), yy.ravel(), np.zeros(xx.size)], axis=1)  # [G, 3]
+    ax, ay = rng.uniform(1.15, 1.4, 2)
+    centre = np.r_[rng.normal(0, 0.05, 2), 0.0]
+    rot = rng.uniform(0, 2 * np.pi)
+    angles = rot + 2 * np.pi * (np.arange(n_coils) + rng.uniform(-0.2, 0.2, n_coils)) / n_coils
+    t = 2 * np.pi * (np.arange(segments) + 0.5) / segments
+    maps = np.empty((n_coils, gh, gw), dtype=np.complex128)
+    for c, ang in enumerate(angles):
+        a = rng.uniform(0.3, 0.6)
+        pos = centre + np.r_[ax * np.cos(ang), ay * np.sin(ang), rng.uniform(-0.6, 0.6)]
+        normal = np.r_[-np.cos(ang), -np.sin(ang), 0.0]
+        tilt = np.deg2rad(rng.uniform(-20, 20))
+        normal = np.cos(tilt) * normal + np.sin(tilt) * np.r_[0.0, 0.0, 1.0]
+        e1 = np.cross(normal, [0.0, 0.0, 1.0]) if abs(normal[2]) < 0.99 else np.r_[1.0, 0.0, 0.0]
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(normal, e1)
+        ring = pos + a * (np.cos(t)[:, None] * e1 + np.sin(t)[:, None] * e2)  # [S, 3]
+        dl = a * (2 * np.pi / segments) * (-np.sin(t)[:, None] * e1 + np.cos(t)[:, None] * e2)  # [S, 3]
+        r = pts[:, None, :] - ring[None]  # [G, S, 3]
+        b = (np.cross(dl[None], r) / np.maximum(np.linalg.norm(r, axis=-1, keepdims=True), 0.2) ** 3).sum(1)  # [G, 3]
+        maps[c] = ((b[:, 0] - 1j * b[:, 1]) * np.exp(1j * rng.uniform(0, 2 * np.pi))).reshape(gh, gw)
+    if (gh, gw) != (h, w):
+        zoom = (h / gh, w / gw)
+        maps = np.stack([ndimage.zoom(m.real, zoom, order=1, mode="nearest", grid_mode=True)
+                         + 1j * ndimage.zoom(m.imag, zoom, order=1, mode="nearest", grid_mode=True) for m in maps])
+    return maps[:, :h, :w].astype(np.complex64)
+
+
 def coil_maps(n_coils: int, shape: tuple[int, int], rng: np.random.Generator,
               kind: str = "ring") -> np.ndarray:
     """Smooth surface-coil sensitivities, ``[C, H, W]`` complex64.
@@ -67,12 +120,24 @@ def coil_maps(n_coils: int, shape: tuple[int, int], rng: np.random.Generator,
     Phase (both kinds): π·d²/4 (grows away from the coil) plus a smooth random
     field (:func:`smooth_phase`, which includes a random offset per coil).
 
+    - ``"biot_savart"``: loops in 3-D around the slice, :func:`biot_savart_maps`;
+      normalised on the inscribed disc (radius 0.9) and capped at √Σ|S|² = 1
+      outside it (the field of view's corners lie behind the coils).
+
     Normalised so that max over pixels of √(Σ_c |S_c|²) = 1.
     """
     if n_coils < 1:
         raise ValueError(f"n_coils must be ≥ 1, got {n_coils}")
-    if kind not in ("ring", "gaussian"):
-        raise ValueError(f"unknown coil kind {kind!r}; expected 'ring' or 'gaussian'")
+    if kind not in ("ring", "gaussian", "biot_savart"):
+        raise ValueError(f"unknown coil kind {kind!r}; expected 'ring', 'gaussian' or 'biot_savart'")
+    if kind == "biot_savart":
+        maps = biot_savart_maps(n_coils, shape, rng)
+        rss = np.sqrt((np.abs(maps) ** 2).sum(0))  # [H, W]
+        v, u = _grid(shape)
+        inside = u**2 + v**2 <= 0.9**2  # where an object can be; the corners lie behind the coils
+        scale = float(rss[inside].max())
+        maps = maps / scale / np.maximum(rss / scale, 1.0)  # max √Σ|S|² = 1 inside, ≤ 1 everywhere
+        return maps.astype(np.complex64)
     v, u = _grid(shape)
     ax, ay = rng.uniform(1.0, 1.4, size=2)
     rot = rng.uniform(0, 2 * np.pi)

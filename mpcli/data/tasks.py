@@ -37,6 +37,12 @@ from mpcli.physics.masks import MASK_KINDS, make_mask
 from mpcli.physics.sense import Sense
 
 
+COIL_MODELS: tuple[str, ...] = ("classic", "biot_savart")
+"""How a task simulates its coils: ``classic`` = ring or Gaussian profiles drawn per example
+(:func:`~mpcli.data.simulate.coil_maps`, what the shipped prior saw), ``biot_savart`` = loops
+placed in 3-D around the slice (:func:`~mpcli.data.simulate.biot_savart_maps`)."""
+
+
 class Batch(NamedTuple):
     """Simulated examples of one task.
 
@@ -65,10 +71,13 @@ class Task:
     plane: str = "axial"
     size: tuple[int, int] = (128, 128)
     seed: int = 0
+    coil_model: str = "classic"
 
     def __post_init__(self):
         if self.mask_kind not in MASK_KINDS:
             raise ValueError(f"unknown mask kind {self.mask_kind!r}; expected one of {MASK_KINDS}")
+        if self.coil_model not in COIL_MODELS:
+            raise ValueError(f"unknown coil model {self.coil_model!r}; expected one of {COIL_MODELS}")
         if self.n_coils < 1 or self.acceleration < 1 or self.noise_rel < 0 or self.seed < 0:
             raise ValueError(f"invalid task {self}")
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
@@ -99,7 +108,8 @@ class Task:
             else:
                 img = next(src.images(self.plane, self.size, rng))  # [H, W]
                 x = img * np.exp(1j * smooth_phase(self.size, rng, rng.uniform(0.2, 1.5)))
-                maps = coil_maps(self.n_coils, self.size, rng, kind=str(rng.choice(["ring", "gaussian"])))
+                kind = str(rng.choice(["ring", "gaussian"])) if self.coil_model == "classic" else self.coil_model
+                maps = coil_maps(self.n_coils, self.size, rng, kind=kind)
                 k = simulate_kspace(x, maps, self.noise_rel, rng)  # [C, H, W]
             xs.append(torch.as_tensor(np.asarray(x, dtype=np.complex64)))
             ks.append(torch.as_tensor(k))
@@ -153,6 +163,7 @@ class TaskFamily:
     sources: tuple[str, ...] = ("mni_t1",)
     planes: tuple[str, ...] = ("axial", "coronal")
     sizes: tuple[tuple[int, int], ...] = ((128, 128),)
+    coil_models: tuple[str, ...] = ("classic",)
 
     def sample_task(self, rng: np.random.Generator) -> Task:
         """Draw one task (its seed too) from the family."""
@@ -167,6 +178,8 @@ class TaskFamily:
             plane=str(rng.choice(list(self.planes))),
             size=tuple(self.sizes[int(rng.integers(len(self.sizes)))]),
             seed=int(rng.integers(0, 2**31 - 1)),
+            # drawn last and only when there is a choice: older families keep their exact draws
+            coil_model=str(rng.choice(list(self.coil_models))) if len(self.coil_models) > 1 else self.coil_models[0],
         )
 
     def contains(self, task: Task) -> bool:
@@ -180,6 +193,7 @@ class TaskFamily:
                 and within(task.n_coils, self.n_coils)
                 and within(task.noise_rel, self.noise_rel)
                 and task.source in self.sources and task.plane in self.planes
+                and task.coil_model in self.coil_models
                 and tuple(task.size) in {tuple(s) for s in self.sizes})
 
     def to_config(self) -> dict:
@@ -202,6 +216,31 @@ class TaskFamily:
 DEFAULT_TRAIN_FAMILY = TaskFamily()
 """MNI T1 axial + coronal, random/equispaced/Gaussian masks, R 2–6, 4–12 coils,
 128×128, noise 0–2 %: what the shipped meta-prior is meta-trained on."""
+
+SCAN_SOURCES_WEIGHTED: tuple[str, ...] = (
+    "colin27", "colin27", "colin27", "colin27_hires", "colin27_hires", "macaque_t1", "nibabel_epi",
+    "itk_slices", "itk_slices", "mpl_s1045", "pydicom_mr",
+    "label_map", "label_map", "label_map", "dead_leaves", "dead_leaves", "natural", "natural",
+)
+"""Training sources of the scan-like family, repeated to weight the draw (uniform over the tuple):
+real MR 11/18, atlas label maps 3/18, dead leaves 2/18, natural images 2/18. No MNI template
+(the held-out benchmark's anatomy) and no validation-only source (:data:`mpcli.data.scans.VALIDATION_ONLY`)."""
+
+SCAN_TRAIN_FAMILY = TaskFamily(
+    mask_kinds=("random", "equispaced", "gaussian", "poisson"),
+    accelerations=(2.0, 12.0),
+    center_fractions=(0.03, 0.1),
+    n_coils=(4, 32),
+    noise_rel=(0.0, 0.03),
+    sources=SCAN_SOURCES_WEIGHTED,
+    planes=("axial", "coronal", "sagittal"),
+    sizes=((128, 128), (160, 128), (128, 160), (192, 192), (192, 160), (224, 192), (256, 256), (256, 208),
+           (320, 256), (320, 320), (384, 384), (384, 320)),
+    coil_models=("classic", "biot_savart", "biot_savart"),
+)
+"""Scan-like training (issue 11): real MR and synthetic images, oblique planes, 4–32 coils
+(ring/Gaussian or Biot–Savart loops), matrices 128–384 and non-square, 1-D and 2-D masks,
+R 2–12, 3–10 % centre. The curriculum (:mod:`mpcli.meta.curriculum`) narrows it in early stages."""
 
 HELD_OUT: dict[str, TaskFamily] = {
     # one factor outside the training family at a time …

@@ -1,0 +1,440 @@
+"""Training a prior as real training: a resumable curriculum of stages, one checkpoint file.
+
+Stages run in order; each fixes the unrolled depth K, the step count, Adam's step
+size and which tasks it draws (overrides of the scan-like task family
+:data:`~mpcli.data.tasks.SCAN_TRAIN_FAMILY`)::
+
+    supervised:  θ ← Adam( ∇_θ (1/T) Σ_i L(f_θ^K(y_i, A_i), x_i) )       (L = "l1" by default)
+    meta:        θ ← Adam( ∇_θ (1/T) Σ_i L(f_{φ_i}^K(y_i^q, A_i^q), x_i^q) ),
+                 φ_i = inner(θ; support_i)   — the inner problem `mp adapt` solves
+                 (measurement-only loss + λ/2‖φ − θ‖², :func:`mpcli.meta.train.hypergradient`)
+
+The default curriculum (``default_curriculum``): K = 1 on small matrices and few
+coils (the denoiser learns from CG-SENSE images: MoDL with K = 1 is D between two
+data-consistency solves), then the full K on the whole family, then the bilevel
+meta stage. The parameters θ carry over between stages (MoDL's parameters do not
+depend on K); Adam's state restarts at each stage.
+
+Determinism and resumption: the tasks and examples of step s of stage j come
+from seeds derived from (seed, j, s, task index) only, so a run resumed from its
+checkpoint is bit-for-bit the uninterrupted run (same threads, same machine).
+The checkpoint is ONE safetensors file, overwritten atomically: θ, Adam's moments
+(tensors), and as JSON metadata the stage, the step within it, the wall-clock
+seconds trained so far and the whole configuration (no pickle).
+
+Validation: fixed tasks on anatomy the curriculum never trains on (the
+validation-only ITK head and MNI contrasts). The log (JSONL) starts with a
+``baseline`` record — PSNR of zero-filling and of L1-wavelet CS with the true
+maps and λ tuned on the reference (best of ``CS_LAMBDAS``) per validation task —
+then ``train`` records (mean loss over ``log_every`` steps) and ``val`` records
+(the network's PSNR per task, its mean and the mean gap to CS in dB), each with
+``wall_h``, the training wall-clock hours so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mpcli.errors import InputError, ModelError, OutputError
+from mpcli.meta.functional import Params, bind, params_of
+from mpcli.meta.losses import derive_seed, make_loss, reseed
+
+FORMAT = "mpcli-curriculum-checkpoint"
+CS_LAMBDAS = (1e-3, 3e-3, 1e-2)
+_TASKS, _SAMPLE, _INNER, _OUTER = range(4)
+
+
+@dataclass
+class Stage:
+    """One stage of the curriculum (see the module docstring)."""
+
+    name: str
+    steps: int
+    iters: int  # unrolled depth K
+    lr: float
+    mode: str = "supervised"  # or "meta"
+    tasks: dict = field(default_factory=dict)  # overrides of the curriculum's task family
+    tasks_per_step: int = 2
+    slices: int = 2  # examples per task (meta: half support, half query)
+
+    def __post_init__(self):
+        if self.mode not in ("supervised", "meta"):
+            raise ValueError(f"stage {self.name}: mode must be 'supervised' or 'meta', got {self.mode!r}")
+        if self.steps < 0 or self.iters < 0 or self.tasks_per_step < 1 or self.slices < 1:
+            raise ValueError(f"invalid stage {self}")
+        if self.mode == "meta" and self.slices < 2:
+            raise ValueError(f"stage {self.name}: meta stages need >= 2 slices per task")
+
+
+@dataclass
+class CurriculumConfig:
+    """The whole training recipe (JSON-serialisable; stored in the checkpoint)."""
+
+    network: dict
+    tasks: dict  # TaskFamily.to_config()
+    stages: list
+    val_tasks: list  # Task.to_dict() of each validation task
+    val_slices: int = 2
+    loss: str = "l1"
+    inner: dict = field(default_factory=lambda: {"loss": "ssdu", "steps": 2, "lr": 1e-3, "lam": 1e-2,
+                                                 "optimizer": "adam", "first_order": False})
+    seed: int = 0
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
+        make_loss(self.loss)
+        from mpcli.data.scans import VALIDATION_ONLY
+        from mpcli.data.tasks import TaskFamily
+
+        for st in self.stages:  # no stage may train on a validation-only source
+            fam = TaskFamily.from_config({**self.tasks, **st.tasks})
+            bad = sorted(set(fam.sources) & set(VALIDATION_ONLY))
+            if bad:
+                raise ValueError(f"stage {st.name} trains on validation-only source(s): {', '.join(bad)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CurriculumConfig:
+        return cls(**d)
+
+
+def default_validation_tasks() -> list[dict]:
+    """Four fixed tasks on anatomy no training stage sees (ITK T1 head, MNI FLAIR-/T2-like)."""
+    from mpcli.data.tasks import Task
+
+    tasks = [
+        Task("random", 4.0, 0.08, 8, 0.01, "itk_t1_head", "axial", (128, 128), 101, "classic"),
+        Task("poisson", 6.0, 0.06, 12, 0.01, "itk_t1_head", "sagittal", (160, 128), 102, "biot_savart"),
+        Task("gaussian", 8.0, 0.04, 16, 0.01, "mni_flairlike", "coronal", (192, 160), 103, "biot_savart"),
+        Task("equispaced", 5.0, 0.06, 20, 0.01, "mni_t2like", "axial", (256, 256), 104, "biot_savart"),
+    ]
+    return [t.to_dict() for t in tasks]
+
+
+def default_curriculum(seed: int = 0) -> CurriculumConfig:
+    """MoDL-U-Net; K = 1 (small, few coils) → K = 5 (whole family) → bilevel meta stage."""
+    from mpcli.data.tasks import SCAN_TRAIN_FAMILY
+    from mpcli.recon.network import MODL_UNET
+
+    small = {"sizes": [[128, 128], [160, 128], [128, 160], [192, 192], [192, 160]], "n_coils": [4, 16]}
+    stages = [
+        Stage("k1", steps=3000, iters=1, lr=1e-3, tasks=small, tasks_per_step=2, slices=2),
+        Stage("kfull", steps=20000, iters=MODL_UNET["iters"], lr=3e-4, tasks_per_step=2, slices=2),
+        Stage("meta", steps=5000, iters=MODL_UNET["iters"], lr=1e-4, mode="meta", tasks_per_step=2, slices=4),
+    ]
+    return CurriculumConfig(network=dict(MODL_UNET), tasks=SCAN_TRAIN_FAMILY.to_config(), stages=stages,
+                            val_tasks=default_validation_tasks(), seed=seed)
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+@dataclass
+class State:
+    """Where training stands: θ, Adam's state for the current stage, position and time."""
+
+    theta: Params
+    adam: dict  # torch.optim.Adam state_dict() of the current stage
+    stage: int = 0
+    step: int = 0  # steps done in the current stage
+    wall_s: float = 0.0  # training wall-clock seconds so far (all sittings)
+
+
+def save_checkpoint(path: Path, state: State, config: CurriculumConfig) -> None:
+    """Atomically overwrite ``path`` (safetensors: θ and Adam tensors; JSON metadata)."""
+    from safetensors.torch import save_file
+
+    names = list(state.theta)
+    tensors = {f"theta/{k}": v.detach().cpu().contiguous() for k, v in state.theta.items()}
+    for idx, s in state.adam.get("state", {}).items():
+        for key, val in s.items():
+            tensors[f"adam/{key}/{names[int(idx)]}"] = (val if torch.is_tensor(val) else torch.tensor(val)).cpu()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+              for g in state.adam.get("param_groups", [])]
+    meta = {"format": FORMAT, "version": "1", "stage": str(state.stage), "step": str(state.step),
+            "wall_s": repr(float(state.wall_s)), "names": json.dumps(names), "param_groups": json.dumps(groups),
+            "config": json.dumps(config.to_dict(), sort_keys=True)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(path, f"cannot write checkpoint: {err.strerror}") from None
+
+
+def load_checkpoint(path: Path) -> tuple[State, CurriculumConfig]:
+    """Inverse of :func:`save_checkpoint`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:
+        raise ModelError(path, f"unreadable checkpoint: {err}") from None
+    if meta.get("format") != FORMAT:
+        raise ModelError(path, "not an mp curriculum checkpoint")
+    names = json.loads(meta["names"])
+    theta = {k: tensors[f"theta/{k}"] for k in names}
+    adam_state: dict[int, dict] = {}
+    for key, val in tensors.items():
+        if key.startswith("adam/"):
+            _, fld, name = key.split("/", 2)
+            adam_state.setdefault(names.index(name), {})[fld] = val
+    groups = json.loads(meta["param_groups"])
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    state = State(theta, {"state": adam_state, "param_groups": groups} if groups else {},
+                  int(meta["stage"]), int(meta["step"]), float(meta["wall_s"]))
+    return state, CurriculumConfig.from_dict(json.loads(meta["config"]))
+
+
+# -------------------------------------------------------------------------------- helpers
+
+def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) per sample of magnitudes, data range max|x| (fastMRI), ``[B]``."""
+    a, b = x_hat.abs().reshape(x.shape[0], -1), x.abs().reshape(x.shape[0], -1)
+    mse = ((a - b) ** 2).mean(dim=1).clamp_min(1e-30)
+    return 10 * torch.log10(b.amax(dim=1) ** 2 / mse)
+
+
+def _family(config: CurriculumConfig, stage: Stage):
+    from mpcli.data.tasks import TaskFamily
+
+    return TaskFamily.from_config({**config.tasks, **stage.tasks})
+
+
+def _val_batches(config: CurriculumConfig) -> list:
+    from mpcli.data.tasks import Task
+
+    return [Task.from_dict(d).sample(config.val_slices, 0) for d in config.val_tasks]
+
+
+def baseline(config: CurriculumConfig) -> dict:
+    """Zero-filled and tuned L1-wavelet CS PSNR on the validation tasks (true maps)."""
+    from mpcli.recon.classical import l1_wavelet
+
+    zf, cs, lam_best = [], [], []
+    for b in _val_batches(config):
+        zf.append(float(psnr(b.A.adjoint(b.y), b.x).mean()))
+        best = (-math.inf, None)
+        for lam in CS_LAMBDAS:
+            x = l1_wavelet(b.y, b.A.maps, b.A.mask, lam)
+            best = max(best, (float(psnr(x, b.x).mean()), lam))
+        cs.append(best[0])
+        lam_best.append(best[1])
+    return {"kind": "baseline", "zf_psnr": zf, "cs_psnr": cs, "cs_lambda": lam_best,
+            "cs_mean": float(np.mean(cs)), "zf_mean": float(np.mean(zf))}
+
+
+def validate(model, theta: Params, config: CurriculumConfig, batches: list) -> list[float]:
+    """The network's mean PSNR per validation task (unadapted θ)."""
+    f = bind(model, {k: v.detach() for k, v in theta.items()})
+    with torch.no_grad():
+        return [float(psnr(f(b.y, b.A), b.x).mean()) for b in batches]
+
+
+def _draw(config: CurriculumConfig, j: int, stage: Stage, step: int, i: int):
+    """The batch of task i at step ``step`` of stage j (deterministic)."""
+    rng = np.random.default_rng(derive_seed(config.seed, j, step, i, _TASKS))
+    task = _family(config, stage).sample_task(rng)
+    return task.sample(stage.slices, int(derive_seed(config.seed, j, step, i, _SAMPLE) % 2**31))
+
+
+def _stage_model(config: CurriculumConfig, stage: Stage):
+    from mpcli.recon.network import build_network
+
+    return build_network({**config.network, "iters": stage.iters})
+
+
+def initial_state(config: CurriculumConfig) -> State:
+    from mpcli.recon.network import build_network
+
+    torch.manual_seed(config.seed)
+    return State(params_of(build_network(config.network)), {})
+
+
+# ------------------------------------------------------------------------------ training
+
+def _plain(d: dict) -> dict:
+    """``d`` as JSON sees it (tuples → lists), to compare configurations."""
+    return json.loads(json.dumps(d, sort_keys=True))
+
+
+class _Stop:
+    """SIGTERM/SIGINT → finish the current step, checkpoint, return."""
+
+    def __init__(self):
+        self.flag = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._set)
+
+    def _set(self, *_):
+        self.flag = True
+
+
+def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *,
+          checkpoint_every_s: float = 300.0, val_every_s: float = 900.0, log_every: int = 10,
+          max_steps: int | None = None, handle_signals: bool = False,
+          progress: Callable[[dict], None] | None = None) -> State:
+    """Run (or resume) the curriculum until it ends, ``max_steps`` more steps, or a signal.
+
+    Resumes from ``checkpoint`` when it exists (its configuration must equal
+    ``config``: a different recipe is a different run). Writes the checkpoint
+    every ``checkpoint_every_s`` wall seconds, at each stage end and on exit; the
+    log gets a ``baseline`` record when it has none, then ``train``/``val`` records.
+    """
+    checkpoint = Path(checkpoint)
+    if checkpoint.exists():
+        state, saved = load_checkpoint(checkpoint)
+        mine, theirs = _plain(config.to_dict()), _plain(saved.to_dict())
+        if mine != theirs:
+            diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+            raise ModelError(checkpoint, f"checkpoint was made with another configuration ({', '.join(diff)})")
+    else:
+        state = initial_state(config)
+    logf = Path(log) if log is not None else None
+    if logf is not None:
+        try:
+            logf.parent.mkdir(parents=True, exist_ok=True)
+            has_base = logf.exists() and any(json.loads(ln).get("kind") == "baseline"
+                                             for ln in logf.read_text().splitlines() if ln.strip())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(logf, f"cannot read log: {err}") from None
+    base = None
+
+    def write(rec: dict) -> None:
+        if progress is not None:
+            progress(rec)
+        if logf is not None:
+            with open(logf, "a") as fh:
+                fh.write(json.dumps(rec, sort_keys=True) + "\n")
+
+    stop = _Stop()
+    if handle_signals:
+        stop.install()
+    val_batches = _val_batches(config) if config.val_tasks else []
+    if logf is not None and not has_base and val_batches:
+        base = baseline(config)
+        write({**base, "wall_h": round(state.wall_s / 3600, 4)})
+    elif logf is not None and val_batches:
+        base = next(json.loads(ln) for ln in logf.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("kind") == "baseline")
+
+    theta = {k: v.detach().clone().requires_grad_(True) for k, v in state.theta.items()}
+    done_here = 0
+    t_last_ckpt = t_last_val = time.perf_counter()
+
+    def snapshot() -> None:
+        state.theta = {k: v.detach() for k, v in theta.items()}
+        save_checkpoint(checkpoint, state, config)
+
+    def run_val(model, stage: Stage) -> None:
+        if not val_batches:
+            return
+        vals = validate(model, theta, config, val_batches)
+        rec = {"kind": "val", "stage": stage.name, "step": state.step, "wall_h": round(state.wall_s / 3600, 4),
+               "psnr": vals, "psnr_mean": float(np.mean(vals))}
+        if base is not None:
+            rec["gap_to_cs_db"] = float(np.mean(vals) - base["cs_mean"])
+        write(rec)
+
+    while state.stage < len(config.stages):
+        j = state.stage
+        stage = config.stages[j]
+        model = _stage_model(config, stage)
+        opt = torch.optim.Adam(list(theta.values()), lr=stage.lr)
+        if state.adam:
+            opt.load_state_dict(state.adam)
+        loss_fn = make_loss(config.loss)
+        inner_loss = make_loss(config.inner["loss"]) if stage.mode == "meta" else None
+        losses: list[float] = []
+        t_step = 0.0
+        while state.step < stage.steps:
+            if stop.flag or (max_steps is not None and done_here >= max_steps):
+                state.adam = opt.state_dict()
+                snapshot()
+                return state
+            t0 = time.perf_counter()
+            grads = {k: torch.zeros_like(v) for k, v in theta.items()}
+            total = 0.0
+            for i in range(stage.tasks_per_step):
+                batch = _draw(config, j, stage, state.step, i)
+                if stage.mode == "supervised":
+                    x_hat = bind(model, theta)(batch.y, batch.A)
+                    value = loss_fn(x_hat, batch.y, batch.A, None, batch.x)
+                    g = torch.autograd.grad(value, list(theta.values()), allow_unused=True)
+                    g = dict(zip(theta, g))
+                else:
+                    from mpcli.meta.batches import take
+                    from mpcli.meta.train import hypergradient
+
+                    n = stage.slices - stage.slices // 2
+                    reseed(inner_loss, derive_seed(config.seed, j, state.step, i, _INNER))
+                    g, value, _ = hypergradient(
+                        model, theta, take(batch, slice(0, n)), take(batch, slice(n, stage.slices)), inner_loss,
+                        loss_fn, steps=config.inner["steps"], lr=config.inner["lr"], lam=config.inner["lam"],
+                        optimizer=config.inner["optimizer"], first_order=config.inner["first_order"])
+                for k in grads:
+                    if g[k] is not None:
+                        grads[k] += g[k] / stage.tasks_per_step
+                total += float(value.detach()) / stage.tasks_per_step
+            norm = torch.sqrt(sum((v * v).sum() for v in grads.values()))
+            scale = min(1.0, config.grad_clip / float(norm)) if config.grad_clip > 0 and float(norm) > 0 else 1.0
+            for k, p in theta.items():
+                p.grad = grads[k] * scale
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            state.step += 1
+            done_here += 1
+            dt = time.perf_counter() - t0
+            state.wall_s += dt
+            t_step += dt
+            losses.append(total)
+            if len(losses) == log_every:
+                write({"kind": "train", "stage": stage.name, "step": state.step, "loss": float(np.mean(losses)),
+                       "s_per_step": round(t_step / log_every, 3), "wall_h": round(state.wall_s / 3600, 4)})
+                losses, t_step = [], 0.0
+            now = time.perf_counter()
+            if now - t_last_val >= val_every_s:
+                run_val(model, stage)
+                t_last_val = time.perf_counter()
+            if now - t_last_ckpt >= checkpoint_every_s:
+                state.adam = opt.state_dict()
+                snapshot()
+                t_last_ckpt = time.perf_counter()
+        run_val(model, stage)
+        state.stage, state.step, state.adam = j + 1, 0, {}
+        snapshot()
+    return state
+
+
+def export_weights(checkpoint: Path, out: Path) -> str:
+    """Write θ of a curriculum checkpoint as an ``mp`` weight file (full K); returns its SHA-256."""
+    from mpcli import __version__
+    from mpcli.io.weights import save_weights
+
+    state, config = load_checkpoint(checkpoint)
+    meta = {"arch": config.network["arch"], "config": config.network, "kind": "curriculum-prior",
+            "mp_version": __version__, "curriculum": {"stage": state.stage, "step": state.step,
+                                                      "wall_h": state.wall_s / 3600}}
+    return save_weights(out, state.theta, meta)
