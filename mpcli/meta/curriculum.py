@@ -51,7 +51,7 @@ from mpcli.meta.functional import Params, bind, params_of
 from mpcli.meta.losses import derive_seed, make_loss, reseed
 
 FORMAT = "mpcli-curriculum-checkpoint"
-CS_LAMBDAS = (1e-3, 3e-3, 1e-2)
+CS_LAMBDAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 _TASKS, _SAMPLE, _INNER, _OUTER = range(4)
 
 
