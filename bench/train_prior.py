@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         _, config = cur.load_checkpoint(a.checkpoint)
         print(f"resuming {a.checkpoint} with its stored configuration", flush=True)
     else:
-        config = tiny_config(a.seed) if a.tiny else cur.default_curriculum(a.seed)
+        config = cur.tiny_curriculum(a.seed) if a.tiny else cur.default_curriculum(a.seed)
 
     def show(rec: dict) -> None:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}, flush=True)
@@ -51,24 +51,6 @@ def main(argv: list[str] | None = None) -> int:
                       val_every_s=a.val_every, max_steps=a.max_steps, handle_signals=True, progress=show)
     print(f"stopped at stage {state.stage} step {state.step}, {state.wall_s / 3600:.3f} h trained", flush=True)
     return 0
-
-
-def tiny_config(seed: int = 0):
-    """Two tiny stages (supervised K=1, meta K=2) on 32² images, one validation task."""
-    from mpcli.data.tasks import Task
-    from mpcli.meta.curriculum import CurriculumConfig, Stage
-
-    fam = {"sources": ["dead_leaves", "colin27"], "sizes": [[32, 32], [32, 24]], "n_coils": [2, 4],
-           "mask_kinds": ["random", "poisson"], "accelerations": [2.0, 4.0], "center_fractions": [0.1, 0.1],
-           "noise_rel": [0.0, 0.01], "planes": ["axial"], "coil_models": ["classic", "biot_savart"],
-           "accelerations": [2.0, 4.0]}
-    net = {"arch": "modl", "iters": 2, "features": 4, "levels": 2, "denoiser": "unet", "cg_iters": 2, "mu": 0.05}
-    stages = [Stage("k1", steps=3, iters=1, lr=1e-3, tasks_per_step=2, slices=1),
-              Stage("meta", steps=2, iters=2, lr=1e-4, mode="meta", tasks_per_step=1, slices=2)]
-    val = [Task("random", 2.0, 0.1, 2, 0.0, "itk_t1_head", "axial", (32, 32), 7, "classic").to_dict()]
-    return CurriculumConfig(network=net, tasks=fam, stages=stages, val_tasks=val, val_slices=1, seed=seed,
-                            inner={"loss": "ssdu", "steps": 1, "lr": 1e-3, "lam": 1e-2, "optimizer": "adam",
-                                   "first_order": False})
 
 
 if __name__ == "__main__":

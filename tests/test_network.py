@@ -20,7 +20,10 @@ SMALL = {
     "pdnet": {"arch": "pdnet", "layers": 3, "filters": 4},
     "resunroll": {"arch": "resunroll", "iters": 2, "features": 4, "depth": 3},
     "modl": {"arch": "modl", "iters": 2, "features": 4, "depth": 3, "cg_iters": 3},
+    "modl_unet": {"arch": "modl", "iters": 2, "features": 4, "levels": 3, "denoiser": "unet", "cg_iters": 3},
+    "resunroll_unet": {"arch": "resunroll", "iters": 2, "features": 4, "levels": 2, "denoiser": "unet"},
 }
+ARCHS = sorted(SMALL)
 
 
 def _problem(b: int, c: int, h: int, w: int, seed: int = 0, accel: float = 0.4):
@@ -40,7 +43,8 @@ def _net(arch: str) -> torch.nn.Module:
     return build_network(SMALL[arch])
 
 
-@pytest.mark.parametrize("arch", ["pdnet", "resunroll", "modl"])
+
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("shape", [(2, 3, 17, 24), (1, 5, 20, 13)])
 def test_network_output_shape_and_dtype(arch, shape):
     A, _, y = _problem(*shape)
@@ -50,7 +54,7 @@ def test_network_output_shape_and_dtype(arch, shape):
     assert torch.isfinite(out.abs()).all()
 
 
-@pytest.mark.parametrize("arch", ["pdnet", "resunroll", "modl"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_network_scale_equivariant(arch):
     A, _, y = _problem(2, 3, 16, 16)
     net = _net(arch)
@@ -62,7 +66,7 @@ def test_network_scale_equivariant(arch):
             assert err < 1e-4, (c, float(err))
 
 
-@pytest.mark.parametrize("arch", ["pdnet", "resunroll", "modl"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_functional_call_equals_module_call(arch):
     A, _, y = _problem(2, 4, 16, 12)
     net = _net(arch)
@@ -73,7 +77,7 @@ def test_functional_call_equals_module_call(arch):
         assert not torch.allclose(functional_call(net, moved, (y, A)), net(y, A))
 
 
-@pytest.mark.parametrize("arch", ["pdnet", "resunroll", "modl"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_gradient_reaches_every_parameter(arch):
     A, x, y = _problem(2, 3, 16, 16)
     net = _net(arch)
@@ -171,3 +175,45 @@ def test_build_network_configs():
         build_network({"arch": "unet"})
     with pytest.raises(ValueError):
         build_network({"arch": "pdnet", "nonsense": 1})
+
+
+def test_unet_denoiser_keeps_any_shape_and_starts_small():
+    """The U-Net pads to a multiple of 2^(levels−1) and crops back; its last layer starts at 0.1×."""
+    from mpcli.recon.network import _UNet
+
+    torch.manual_seed(0)
+    d = _UNet(4, 4)
+    for h, w in ((17, 24), (8, 8), (33, 9)):
+        z = torch.randn(2, 2, h, w)
+        assert d(z).shape == (2, 2, h, w)
+    assert float(d.out.bias.abs().max()) == 0.0
+
+
+def test_modl_unet_size_and_weight_file_round_trip(tmp_path):
+    from mpcli.io.weights import load_model, save_weights
+    from mpcli.recon.network import MODL_UNET
+
+    torch.manual_seed(0)
+    net = build_network(MODL_UNET)
+    n = sum(p.numel() for p in net.parameters())
+    assert 400_000 < n < 600_000 and n * 4 < 20e6  # the issue's 482k-parameter U-Net, well under 20 MB
+    sd = {k: v.detach() for k, v in net.named_parameters()}
+    path = tmp_path / "w.safetensors"
+    save_weights(path, sd, {"arch": "modl", "config": MODL_UNET})
+    model, _ = load_model(path)
+    A, _, y = _problem(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(y, A), net(y, A))
+
+
+@pytest.mark.parametrize("bad", [{"levels": 99}, {"features": 10**6}, {"iters": -1}, {"denoiser": "vit"},
+                                 {"mu": "1"}, {"levels": True}])
+def test_build_network_rejects_out_of_bounds_configs(bad):
+    """A weight file's configuration is untrusted: absurd sizes are refused before building."""
+    with pytest.raises(ValueError):
+        build_network({"arch": "modl", "denoiser": "unet", **bad})
+
+
+def test_build_network_rejects_too_many_parameters():
+    with pytest.raises(ValueError, match="parameters"):
+        build_network({"arch": "modl", "denoiser": "unet", "features": 256, "levels": 4})

@@ -77,9 +77,10 @@ def _package_file(package: str, *parts: str) -> Path:
 
 
 def _existing(path: Path, hint: str) -> Path:
+    check_trainable(path)
     if not path.is_file():
         raise InputError(path, f"training image missing; install it with: {hint}")
-    return check_trainable(path)
+    return path
 
 
 def _normalise(img: np.ndarray) -> np.ndarray:

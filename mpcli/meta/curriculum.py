@@ -140,6 +140,23 @@ def default_curriculum(seed: int = 0) -> CurriculumConfig:
                             val_tasks=default_validation_tasks(), seed=seed)
 
 
+def tiny_curriculum(seed: int = 0) -> CurriculumConfig:
+    """Two tiny stages (supervised K=1, meta K=2) on 32² images, one validation task; wheel-only
+    sources, so it runs without the Debian image packages (tests, ``bench/train_prior.py --tiny``)."""
+    from mpcli.data.tasks import Task
+
+    fam = {"sources": ["dead_leaves", "nibabel_epi"], "sizes": [[32, 32], [32, 24]], "n_coils": [2, 4],
+           "mask_kinds": ["random", "poisson"], "accelerations": [2.0, 4.0], "center_fractions": [0.1, 0.1],
+           "noise_rel": [0.0, 0.01], "planes": ["axial"], "coil_models": ["classic", "biot_savart"]}
+    net = {"arch": "modl", "iters": 2, "features": 4, "levels": 2, "denoiser": "unet", "cg_iters": 2, "mu": 0.05}
+    stages = [Stage("k1", steps=3, iters=1, lr=1e-3, tasks_per_step=2, slices=1),
+              Stage("meta", steps=2, iters=2, lr=1e-4, mode="meta", tasks_per_step=1, slices=2)]
+    val = [Task("random", 2.0, 0.1, 2, 0.0, "shepp_logan", "axial", (32, 32), 7, "classic").to_dict()]
+    return CurriculumConfig(network=net, tasks=fam, stages=stages, val_tasks=val, val_slices=1, seed=seed,
+                            inner={"loss": "ssdu", "steps": 1, "lr": 1e-3, "lam": 1e-2, "optimizer": "adam",
+                                   "first_order": False})
+
+
 # ----------------------------------------------------------------------------- checkpoint
 
 @dataclass

@@ -1,0 +1,101 @@
+"""The training curriculum (mpcli/meta/curriculum.py): resumption, checkpoint, log, guards."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from mpcli.errors import ModelError
+from mpcli.meta import curriculum as cur
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("full")
+    config = cur.tiny_curriculum()
+    state = cur.train(config, d / "ckpt.safetensors", d / "log.jsonl")
+    return config, state, d
+
+
+def test_curriculum_runs_every_stage_and_logs(uninterrupted):
+    config, state, d = uninterrupted
+    assert state.stage == len(config.stages) and state.step == 0 and state.wall_s > 0
+    recs = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()]
+    assert recs[0]["kind"] == "baseline" and len(recs[0]["cs_psnr"]) == len(config.val_tasks)
+    vals = [r for r in recs if r["kind"] == "val"]
+    assert {r["stage"] for r in vals} == {s.name for s in config.stages}
+    for r in vals:
+        assert r["gap_to_cs_db"] == pytest.approx(r["psnr_mean"] - recs[0]["cs_mean"])
+        assert r["wall_h"] >= 0
+
+
+@pytest.mark.parametrize("first", [2, 4])  # inside the first stage, and across the stage boundary
+def test_resume_is_bit_for_bit(uninterrupted, tmp_path, first):
+    config, full, _ = uninterrupted
+    ck = tmp_path / "ckpt.safetensors"
+    part = cur.train(config, ck, tmp_path / "log.jsonl", max_steps=first)
+    assert (part.stage, part.step) == ((0, 2) if first == 2 else (1, 1))
+    resumed = cur.train(config, ck, tmp_path / "log.jsonl")
+    assert resumed.stage == len(config.stages)
+    for k, v in full.theta.items():
+        assert torch.equal(resumed.theta[k], v), k
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert sum(json.loads(x)["kind"] == "baseline" for x in lines) == 1
+
+
+def test_checkpoint_round_trip_keeps_adam_state(tmp_path):
+    config = cur.tiny_curriculum()
+    ck = tmp_path / "c.safetensors"
+    state = cur.train(config, ck, None, max_steps=2)
+    loaded, cfg = cur.load_checkpoint(ck)
+    assert cfg.to_dict() == config.to_dict() or json.dumps(cfg.to_dict(), sort_keys=True) == json.dumps(
+        json.loads(json.dumps(config.to_dict())), sort_keys=True)
+    assert (loaded.stage, loaded.step) == (state.stage, state.step)
+    assert loaded.adam["state"] and all(torch.equal(loaded.theta[k], v) for k, v in state.theta.items())
+    assert ck.stat().st_size < 1_000_000
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic write leaves no temporary file
+
+
+def test_resume_with_another_recipe_is_refused(tmp_path):
+    config = cur.tiny_curriculum()
+    ck = tmp_path / "c.safetensors"
+    cur.train(config, ck, None, max_steps=1)
+    other = dataclasses.replace(config, seed=1)
+    with pytest.raises(ModelError, match="another configuration"):
+        cur.train(other, ck, None)
+
+
+def test_not_a_checkpoint_is_a_model_error(tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ModelError):
+        cur.load_checkpoint(bad)
+
+
+def test_validation_only_sources_cannot_be_trained_on():
+    config = cur.tiny_curriculum()
+    with pytest.raises(ValueError, match="validation-only"):
+        dataclasses.replace(config, tasks={**config.tasks, "sources": ["itk_t1_head"]})
+    with pytest.raises(ValueError, match="validation-only"):
+        dataclasses.replace(config, stages=[cur.Stage("s", 1, 1, 1e-3, tasks={"sources": ["itk_t1_head"]})])
+
+
+def test_default_curriculum_is_the_scan_like_modl_unet():
+    c = cur.default_curriculum()
+    assert c.network["denoiser"] == "unet"
+    assert [s.iters for s in c.stages][0] == 1 and c.stages[-1].mode == "meta"
+    assert all(t["source"] in ("itk_t1_head", "mni_flairlike", "mni_t2like") for t in c.val_tasks)
+
+
+def test_exported_weights_load_as_an_mp_model(uninterrupted, tmp_path):
+    from mpcli.io.weights import load_model
+
+    _, state, d = uninterrupted
+    cur.export_weights(d / "ckpt.safetensors", tmp_path / "w.safetensors")
+    model, meta = load_model(tmp_path / "w.safetensors")
+    assert meta["kind"] == "curriculum-prior"
+    for k, v in model.named_parameters():
+        assert torch.equal(v.detach(), state.theta[k])
