@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="stop (checkpointed) after this many steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="a seconds-long configuration (checks, tests)")
+    ap.add_argument("--stage-steps", action="append", default=[], metavar="NAME=N",
+                    help="change a stage's length (e.g. k1=1500); allowed when resuming too")
     ap.add_argument("--export", default=None, help="write the checkpoint's weights as an mp weight file and exit")
     a = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -43,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming {a.checkpoint} with its stored configuration", flush=True)
     else:
         config = cur.tiny_curriculum(a.seed) if a.tiny else cur.default_curriculum(a.seed)
+    if a.stage_steps:
+        try:
+            steps = {k: int(v) for k, v in (item.split("=", 1) for item in a.stage_steps)}
+        except ValueError:
+            ap.error(f"--stage-steps takes NAME=N, got {a.stage_steps}")
+        config = cur.with_stage_steps(config, steps)
 
     def show(rec: dict) -> None:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}, flush=True)

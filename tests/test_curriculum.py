@@ -99,3 +99,15 @@ def test_exported_weights_load_as_an_mp_model(uninterrupted, tmp_path):
     assert meta["kind"] == "curriculum-prior"
     for k, v in model.named_parameters():
         assert torch.equal(v.detach(), state.theta[k])
+
+
+def test_resume_may_change_stage_lengths_only(tmp_path):
+    """Shortening a stage on resume continues the same run: it ends that stage at the new length."""
+    config = cur.tiny_curriculum()
+    ck = tmp_path / "c.safetensors"
+    cur.train(config, ck, None, max_steps=1)
+    shorter = cur.with_stage_steps(config, {"k1": 2, "meta": 1})
+    state = cur.train(shorter, ck, None)
+    assert state.stage == 2
+    with pytest.raises(ValueError, match="unknown stage"):
+        cur.with_stage_steps(config, {"nope": 3})

@@ -295,6 +295,25 @@ def _plain(d: dict) -> dict:
     return json.loads(json.dumps(d, sort_keys=True))
 
 
+def _recipe(config: CurriculumConfig) -> dict:
+    """The configuration without the stages' step counts: what a resumed run must keep
+    (lengthening or shortening a stage continues the same run)."""
+    d = _plain(config.to_dict())
+    for st in d["stages"]:
+        st.pop("steps")
+    return d
+
+
+def with_stage_steps(config: CurriculumConfig, steps: dict[str, int]) -> CurriculumConfig:
+    """``config`` with the step counts of the named stages replaced (``{"k1": 1500}``)."""
+    names = {s.name for s in config.stages}
+    unknown = sorted(set(steps) - names)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(sorted(names))}")
+    stages = [dataclasses.replace(s, steps=int(steps.get(s.name, s.steps))) for s in config.stages]
+    return dataclasses.replace(config, stages=stages)
+
+
 class _Stop:
     """SIGTERM/SIGINT → finish the current step, checkpoint, return."""
 
@@ -316,14 +335,14 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
     """Run (or resume) the curriculum until it ends, ``max_steps`` more steps, or a signal.
 
     Resumes from ``checkpoint`` when it exists (its configuration must equal
-    ``config``: a different recipe is a different run). Writes the checkpoint
+    ``config`` up to the stages' step counts: a different recipe is a different run). Writes the checkpoint
     every ``checkpoint_every_s`` wall seconds, at each stage end and on exit; the
     log gets a ``baseline`` record when it has none, then ``train``/``val`` records.
     """
     checkpoint = Path(checkpoint)
     if checkpoint.exists():
         state, saved = load_checkpoint(checkpoint)
-        mine, theirs = _plain(config.to_dict()), _plain(saved.to_dict())
+        mine, theirs = _recipe(config), _recipe(saved)
         if mine != theirs:
             diff = sorted(k for k in mine if theirs.get(k) != mine[k])
             raise ModelError(checkpoint, f"checkpoint was made with another configuration ({', '.join(diff)})")
