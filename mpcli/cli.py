@@ -643,7 +643,8 @@ def meta_train_cli(
                                        help="Training config (see mpcli/configs/meta_prior.toml, the default "
                                        "in site mode)."),
     data: Path | None = typer.Option(None, metavar="DIR",
-                                     help="Folder of fully sampled fastMRI files to add as a training source."),
+                                     help="Folder to add as a training source: fully sampled fastMRI files, "
+                                     "or NIfTI/DICOM images (k-space simulated)."),
     kspace: list[Path] | None = typer.Option(None, "--kspace", metavar="SCAN|DIR",
                                              help="Site mode: an undersampled archive (.h5 or twix .dat files, or "
                                              "folders; no ground truth); repeat for several."),
@@ -695,9 +696,14 @@ def meta_train_cli(
             overrides["first_order"] = True
         if data is not None:
             if not data.is_dir():
-                raise InputError(data, "--data must be a folder of fully sampled fastMRI files")
+                raise InputError(data, "--data must be a folder of fully sampled fastMRI files "
+                                       "or of NIfTI/DICOM images")
+            from mpcli.data.sources import get_source
+
+            kind = "fastmri" if any(data.glob("*.h5")) else "images"
+            get_source(f"{kind}:{data}")  # index it now: a folder with nothing usable fails before training
             tasks = dict(cfg.tasks)
-            tasks["sources"] = [*list(tasks.get("sources", ["mni_t1"])), f"fastmri:{data}"]
+            tasks["sources"] = [*list(tasks.get("sources", ["mni_t1"])), f"{kind}:{data}"]
             overrides["tasks"] = tasks
         try:
             cfg = dataclasses.replace(cfg, **overrides)

@@ -30,6 +30,8 @@ Sources (``SOURCES``):
   ``mpl_s1045``, ``pydicom_mr``, and the validation-only ``itk_t1_head``) and
   synthetic images (:mod:`mpcli.data.synthetic`: ``label_map``, ``dead_leaves``,
   ``natural``).
+- ``images:DIR`` (via :func:`get_source` only): a folder of NIfTI/DICOM magnitude
+  images (:mod:`mpcli.data.folders`), what ``mp meta-train --data`` adds.
 - ``fastmri:DIR`` (via :func:`get_source` only): fully sampled fastMRI
   multi-coil HDF5 files; images are the RSS of the file's coil images, and
   :meth:`FastMRISource.kspace_slices` gives the file's own k-space (see
@@ -313,6 +315,12 @@ SOURCES: dict[str, Source] = {
 }
 
 
+@functools.lru_cache(maxsize=8)
+def _folder_source(cls, folder: str):
+    """One source object per folder (its file index is built once)."""
+    return cls(folder)
+
+
 def all_source_names() -> list[str]:
     """Every named source: ``SOURCES`` and the scan-like and synthetic ones."""
     from mpcli.data.scans import SCAN_SOURCES
@@ -325,6 +333,10 @@ def get_source(name: str) -> Source:
     """The source called ``name`` (see :func:`all_source_names`, or ``fastmri:DIR``)."""
     if name.startswith("fastmri:"):
         return FastMRISource(name.split(":", 1)[1])
+    if name.startswith("images:"):
+        from mpcli.data.folders import ImageFolderSource
+
+        return _folder_source(ImageFolderSource, name.split(":", 1)[1])
     if name in SOURCES:
         return SOURCES[name]
     from mpcli.data.scans import SCAN_SOURCES
@@ -333,5 +345,5 @@ def get_source(name: str) -> Source:
     extra = {**SCAN_SOURCES, **SYNTHETIC_SOURCES}
     if name not in extra:
         raise ValueError(f"unknown image source {name!r}; expected one of "
-                         f"{', '.join(all_source_names())} or fastmri:DIR")
+                         f"{', '.join(all_source_names())} or fastmri:DIR / images:DIR")
     return extra[name]
