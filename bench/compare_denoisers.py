@@ -24,7 +24,6 @@ import argparse
 import os
 import time
 
-
 NETS = {
     "modl_cnn": {"arch": "modl", "iters": 5, "features": 32, "depth": 5, "cg_iters": 6, "mu": 0.05},
     "modl_unet": {"arch": "modl", "iters": 5, "features": 16, "levels": 4, "denoiser": "unet", "cg_iters": 6,

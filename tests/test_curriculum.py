@@ -86,7 +86,7 @@ def test_validation_only_sources_cannot_be_trained_on():
 def test_default_curriculum_is_the_scan_like_modl_unet():
     c = cur.default_curriculum()
     assert c.network["denoiser"] == "unet"
-    assert [s.iters for s in c.stages][0] == 1 and c.stages[-1].mode == "meta"
+    assert c.stages[0].iters == 1 and c.stages[-1].mode == "meta"
     assert all(t["source"] in ("itk_t1_head", "mni_flairlike", "mni_t2like") for t in c.val_tasks)
 
 

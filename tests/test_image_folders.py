@@ -63,7 +63,7 @@ def test_empty_folder_and_bad_file_are_input_errors(tmp_path):
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"\x1f\x8b not really gzip")
     src = ImageFolderSource(tmp_path)
-    with pytest.raises(InputError, match="broken.nii.gz"):
+    with pytest.raises(InputError, match=r"broken\.nii\.gz"):
         next(src.images("axial", (16, 16), np.random.default_rng(0)))
 
 

@@ -155,7 +155,7 @@ class DeadLeavesSource:
 
 # ------------------------------------------------------------------------------- natural
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _natural(fname: str) -> np.ndarray:
     """A photograph from the files scikit-image installs in ``skimage/data`` (read, never downloaded)."""
     import imageio.v3 as iio

@@ -36,7 +36,6 @@ from mpcli.physics.fft import ifft2c
 from mpcli.physics.masks import MASK_KINDS, make_mask
 from mpcli.physics.sense import Sense
 
-
 COIL_MODELS: tuple[str, ...] = ("classic", "biot_savart")
 """How a task simulates its coils: ``classic`` = ring or Gaussian profiles drawn per example
 (:func:`~mpcli.data.simulate.coil_maps`, what the shipped prior saw), ``biot_savart`` = loops
