@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="stop (checkpointed) after this many steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="a seconds-long configuration (checks, tests)")
+    ap.add_argument("--recipe-from-code", action="store_true",
+                    help="resume with the code's default curriculum instead of the stored one (allowed when it "
+                         "differs only in stages not started yet and in stage lengths)")
     ap.add_argument("--stage-steps", action="append", default=[], metavar="NAME=N",
                     help="change a stage's length (e.g. k1=1500); allowed when resuming too")
     ap.add_argument("--export", default=None, help="write the checkpoint's weights as an mp weight file and exit")
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.export:
         print(a.export, cur.export_weights(a.checkpoint, a.export))
         return 0
-    if os.path.exists(a.checkpoint):  # resume the recipe the run started with, whatever the code's defaults now
+    if os.path.exists(a.checkpoint) and not a.recipe_from_code:  # resume the recipe the run started with
         _, config = cur.load_checkpoint(a.checkpoint)
         print(f"resuming {a.checkpoint} with its stored configuration", flush=True)
     else:

@@ -111,3 +111,22 @@ def test_resume_may_change_stage_lengths_only(tmp_path):
     assert state.stage == 2
     with pytest.raises(ValueError, match="unknown stage"):
         cur.with_stage_steps(config, {"nope": 3})
+
+
+def test_stages_not_started_may_change_on_resume(tmp_path):
+    """Resuming inside stage 0, the meta stage (and the inner problem) may be redesigned;
+    stage 0 itself may not."""
+    config = cur.tiny_curriculum()
+    ck = tmp_path / "c.safetensors"
+    cur.train(config, ck, None, max_steps=1)
+    later = dataclasses.replace(config.stages[1], lr=5e-5)
+    changed = dataclasses.replace(config, stages=[config.stages[0], later],
+                                  inner={**config.inner, "first_order": True})
+    state = cur.train(changed, ck, None, max_steps=3)  # finishes stage 0, starts the changed stage 1
+    assert state.stage == 1
+    back = dataclasses.replace(config, inner={**config.inner, "first_order": True})
+    with pytest.raises(ModelError, match="stages"):  # stage 1 has started: its lr is now fixed
+        cur.train(back, ck, None)
+    first = dataclasses.replace(config.stages[0], lr=1.0)
+    with pytest.raises(ModelError, match="stages"):
+        cur.train(dataclasses.replace(changed, stages=[first, later]), ck, None)

@@ -295,12 +295,16 @@ def _plain(d: dict) -> dict:
     return json.loads(json.dumps(d, sort_keys=True))
 
 
-def _recipe(config: CurriculumConfig) -> dict:
-    """The configuration without the stages' step counts: what a resumed run must keep
-    (lengthening or shortening a stage continues the same run)."""
+def _recipe(config: CurriculumConfig, stage: int) -> dict:
+    """What a run resumed at stage index ``stage`` must keep: everything that shaped the
+    stages trained so far (0 … ``stage``), without their step counts. Later stages, and
+    the inner problem while no meta stage has started, may change."""
     d = _plain(config.to_dict())
+    d["stages"] = d["stages"][: stage + 1]
     for st in d["stages"]:
         st.pop("steps")
+    if not any(st["mode"] == "meta" for st in d["stages"]):
+        d.pop("inner")
     return d
 
 
@@ -334,15 +338,16 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
           progress: Callable[[dict], None] | None = None) -> State:
     """Run (or resume) the curriculum until it ends, ``max_steps`` more steps, or a signal.
 
-    Resumes from ``checkpoint`` when it exists (its configuration must equal
-    ``config`` up to the stages' step counts: a different recipe is a different run). Writes the checkpoint
+    Resumes from ``checkpoint`` when it exists: ``config`` must equal the stored one in
+    everything that shaped the stages trained so far, up to their step counts (a
+    different recipe is a different run); stages not started yet may differ. Writes the checkpoint
     every ``checkpoint_every_s`` wall seconds, at each stage end and on exit; the
     log gets a ``baseline`` record when it has none, then ``train``/``val`` records.
     """
     checkpoint = Path(checkpoint)
     if checkpoint.exists():
         state, saved = load_checkpoint(checkpoint)
-        mine, theirs = _recipe(config), _recipe(saved)
+        mine, theirs = _recipe(config, state.stage), _recipe(saved, state.stage)
         if mine != theirs:
             diff = sorted(k for k in mine if theirs.get(k) != mine[k])
             raise ModelError(checkpoint, f"checkpoint was made with another configuration ({', '.join(diff)})")
