@@ -40,6 +40,7 @@ def main(log: str, out: str) -> None:
         pts = [(r["wall_h"], r["loss"]) for r in train if r["stage"] == stage]
         bx.plot(*zip(*pts), lw=0.8, label=stage)
     bx.set_yscale("log")
+    bx.legend(fontsize=8, title="stage", title_fontsize=8)
     bx.set_xlabel("training wall-clock hours (1 thread, shared machine)")
     bx.set_ylabel("training L1 loss")
     fig.tight_layout()
