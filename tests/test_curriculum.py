@@ -46,6 +46,18 @@ def test_resume_is_bit_for_bit(uninterrupted, tmp_path, first):
     assert sum(json.loads(x)["kind"] == "baseline" for x in lines) == 1
 
 
+def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path):
+    config = cur.tiny_curriculum()
+    ck, log = tmp_path / "c.safetensors", tmp_path / "log.jsonl"
+    cur.train(config, ck, log, max_steps=2, val_every_s=0.0)
+    n = len(log.read_text().splitlines())
+    with open(log, "a") as fh:  # a record from steps the checkpoint never saw (killed before saving)
+        fh.write(json.dumps({"kind": "val", "stage": "k1", "step": 99, "wall_h": 99.0, "psnr_mean": 0.0}) + "\n")
+    cur.train(config, ck, log, max_steps=0)
+    lines = log.read_text().splitlines()
+    assert len(lines) == n and all(json.loads(x)["wall_h"] < 99 for x in lines)
+
+
 def test_checkpoint_round_trip_keeps_adam_state(tmp_path):
     config = cur.tiny_curriculum()
     ck = tmp_path / "c.safetensors"

@@ -341,6 +341,18 @@ class _Stop:
         self.flag = True
 
 
+def _truncate_log(log: Path, wall_s: float) -> None:
+    """Drop the records written after the checkpoint (a resumed run writes them again)."""
+    try:
+        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("kind") == "baseline"
+                or json.loads(ln).get("wall_h", 0.0) <= wall_s / 3600 + 1e-4]
+        if len(keep) < len(lines):
+            log.write_text("".join(ln + "\n" for ln in keep))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(log, f"cannot read log: {err}") from None
+
+
 def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *,
           checkpoint_every_s: float = 300.0, val_every_s: float = 900.0, log_every: int = 10,
           max_steps: int | None = None, handle_signals: bool = False,
@@ -363,6 +375,8 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
     else:
         state = initial_state(config)
     logf = Path(log) if log is not None else None
+    if logf is not None and checkpoint.exists() and logf.exists():
+        _truncate_log(logf, state.wall_s)
     if logf is not None:
         try:
             logf.parent.mkdir(parents=True, exist_ok=True)
