@@ -75,7 +75,7 @@ def _mutant(data, base, d: Path) -> Path:
     return write([meas], path)
 
 
-@settings(max_examples=int(os.environ.get("MP_FUZZ_EXAMPLES", "40")), deadline=None,
+@settings(max_examples=int(os.environ.get("MP_FUZZ_EXAMPLES", "40")), deadline=None, derandomize=not os.environ.get("MP_FUZZ_RANDOM"),
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_mutated_twix_file_reads_cleanly_or_is_an_input_error(base, data):

@@ -115,6 +115,12 @@ def parse_header(path: str | Path, xml: bytes | str):
             raise InputError(path, f"ISMRMRD header XML is invalid: {one_line(err)}") from None
     if not hdr.encoding:
         raise InputError(path, "ISMRMRD header has no <encoding>")
+    enc = hdr.encoding[0]
+    for name, space in (("encoded", enc.encodedSpace), ("recon", enc.reconSpace)):
+        m = getattr(space, "matrixSize", None)
+        if m is None or any(v is None or v < 0 for v in (m.x, m.y, m.z)):
+            raise InputError(path, f"ISMRMRD header has an invalid {name} matrix size "
+                             f"({getattr(m, 'x', None)}, {getattr(m, 'y', None)}, {getattr(m, 'z', None)})")
     return hdr
 
 
