@@ -406,6 +406,8 @@ def _scans(path: Path, meas: list[Measurement], im: Measurement) -> list[Scan]:
     if read_fov <= 0 or phase_fov <= 0:
         raise InputError(path, "twix protocol has no readout/phase FOV")
     phase_os = float(_get(yaps, "sKSpace", "dPhaseOversamplingForDialog", default=0) or 0)
+    if not 0 <= phase_os <= 4:  # a fraction of the FOV added: 0 … 1 on scanners
+        raise InputError(path, f"twix protocol has an invalid phase oversampling ({phase_os})")
     n_img = int(_get(hdr, "Meas", "NImageLins", default=0) or 0) or round(base * phase_fov / read_fov)
     centre_lin = int(image[0].mdh.CenterLin)
     lins = np.array([b.mdh.Counter.Lin for b in image + ref])
