@@ -172,24 +172,32 @@ _SEND_HELP = ("Also store each DICOM series (needs --format dicom) in this PACS 
               "not acknowledge (recorded in each manifest).")
 
 
+# Options that mp reconstruct and mp watch share (one definition, one help text).
+_METHOD = typer.Option("cs", metavar="METHOD",
+                       help="zero-filled, sense (CG-SENSE), cs (L1-wavelet), meta (the shipped "
+                       "prior, not adapted) or adapted (the network from mp adapt; needs --model).")
+_FORMATS = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
+                        help="h5, nifti or dicom; repeat for several (-f nifti -f dicom) "
+                        "or give a comma list (-f nifti,dicom).")
+_MODEL = typer.Option(None, metavar="WEIGHTS.safetensors",
+                      help="Network weights for --method adapted (or meta): the file mp adapt wrote.")
+_DEVICE = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")
+_CS_LAM = typer.Option(1e-3, metavar="NUMBER",
+                       help="L1-wavelet weight for --method cs (on scale-normalised data).")
+_BATCH = typer.Option(4, min=1, metavar="SLICES", help="Slices per network batch (halved on GPU out-of-memory).")
+
+
 @app.command("reconstruct", short_help="Reconstruct k-space files or folders into images: HDF5, NIfTI, DICOM.")
 def reconstruct_cli(
     inputs: list[Path] = typer.Argument(..., metavar="SCAN|DIR...",
                                         help="k-space files (fastMRI or ISMRMRD .h5, Siemens twix .dat) or folders of them."),
     out_dir: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Output folder (created if needed)."),
-    method: str = typer.Option("cs", metavar="METHOD",
-                               help="zero-filled, sense (CG-SENSE), cs (L1-wavelet), meta (the shipped "
-                               "prior, not adapted) or adapted (the network from mp adapt; needs --model)."),
-    formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
-                                      help="h5, nifti or dicom; repeat for several (-f nifti -f dicom) "
-                                      "or give a comma list (-f nifti,dicom)."),
-    model: Path | None = typer.Option(None, metavar="WEIGHTS.safetensors",
-                                      help="Network weights for --method adapted (or meta): the file "
-                                      "mp adapt wrote."),
-    device: str = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
-    cs_lam: float = typer.Option(1e-3, metavar="NUMBER",
-                                 help="L1-wavelet weight for --method cs (on scale-normalised data)."),
-    batch: int = typer.Option(4, min=1, metavar="SLICES", help="Slices per network batch (halved on GPU out-of-memory)."),
+    method: str = _METHOD,
+    formats: list[str] = _FORMATS,
+    model: Path | None = _MODEL,
+    device: str = _DEVICE,
+    cs_lam: float = _CS_LAM,
+    batch: int = _BATCH,
     resume: bool = typer.Option(False, "--resume", help="Skip inputs whose outputs and manifest already match."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist."),
     shard: str | None = typer.Option(None, metavar="I/N",
@@ -543,19 +551,12 @@ def watch_cli(
                                  help="Folder to watch (subfolders too), e.g. where the scanner exports."),
     out_dir: Path = typer.Option(..., "--out", "-o", metavar="DIR",
                                  help="Output folder (created if needed); not inside INBOX."),
-    method: str = typer.Option("cs", metavar="METHOD",
-                               help="zero-filled, sense (CG-SENSE), cs (L1-wavelet), meta (the shipped "
-                               "prior, not adapted) or adapted (the network from mp adapt; needs --model)."),
-    formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
-                                      help="h5, nifti or dicom; repeat for several (-f nifti -f dicom) "
-                                      "or give a comma list (-f nifti,dicom)."),
-    model: Path | None = typer.Option(None, metavar="WEIGHTS.safetensors",
-                                      help="Network weights for --method adapted (or meta): the file "
-                                      "mp adapt wrote."),
-    device: str = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
-    cs_lam: float = typer.Option(1e-3, metavar="NUMBER",
-                                 help="L1-wavelet weight for --method cs (on scale-normalised data)."),
-    batch: int = typer.Option(4, min=1, metavar="SLICES", help="Slices per network batch (halved on GPU out-of-memory)."),
+    method: str = _METHOD,
+    formats: list[str] = _FORMATS,
+    model: Path | None = _MODEL,
+    device: str = _DEVICE,
+    cs_lam: float = _CS_LAM,
+    batch: int = _BATCH,
     anonymize: bool = typer.Option(False, "--anonymize", help="Blank patient and study identifiers in DICOM."),
     send: str | None = typer.Option(None, "--send", metavar="AET@HOST:PORT",
                                     help="Also store each DICOM series in this PACS (C-STORE); what it does not "
