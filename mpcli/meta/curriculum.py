@@ -206,28 +206,10 @@ def save_checkpoint(path: Path, state: State, config: CurriculumConfig) -> None:
 
 def load_checkpoint(path: Path) -> tuple[State, CurriculumConfig]:
     """Inverse of :func:`save_checkpoint`."""
-    from safetensors import safe_open
+    from mpcli.meta.train import read_checkpoint
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as err:
-        raise ModelError(path, f"unreadable checkpoint: {err}") from None
-    if meta.get("format") != FORMAT:
-        raise ModelError(path, "not an mp curriculum checkpoint")
-    names = json.loads(meta["names"])
-    theta = {k: tensors[f"theta/{k}"] for k in names}
-    adam_state: dict[int, dict] = {}
-    for key, val in tensors.items():
-        if key.startswith("adam/"):
-            _, fld, name = key.split("/", 2)
-            adam_state.setdefault(names.index(name), {})[fld] = val
-    groups = json.loads(meta["param_groups"])
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    state = State(theta, {"state": adam_state, "param_groups": groups} if groups else {},
+    meta, theta, opt_state, _ = read_checkpoint(path, FORMAT, "curriculum")
+    state = State(theta, opt_state if opt_state["param_groups"] else {},
                   int(meta["stage"]), int(meta["step"]), float(meta["wall_s"]))
     return state, CurriculumConfig.from_dict(json.loads(meta["config"]))
 

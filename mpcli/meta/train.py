@@ -215,8 +215,14 @@ def save_checkpoint(path: Path, theta: Params, opt: torch.optim.Optimizer, step:
     _atomic_save(tensors, path, meta)
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, int, dict]:
-    """(θ, Adam state dict, RNG tensors, step, config) from :func:`save_checkpoint`'s file."""
+def read_checkpoint(path: Path, fmt: str, what: str) -> tuple[dict, dict[str, torch.Tensor], dict,
+                                                               dict[str, torch.Tensor]]:
+    """(metadata, θ, Adam state dict, every tensor) of a checkpoint in the layout of
+    :func:`save_checkpoint` (``theta/<name>``, ``adam/<field>/<name>``, JSON ``names``
+    and ``param_groups`` in the metadata), whose ``format`` metadata must be ``fmt``.
+
+    Raises ``ModelError`` naming ``what`` for an unreadable file or another format.
+    """
     from safetensors import safe_open
 
     try:
@@ -225,8 +231,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, in
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as err:
         raise ModelError(path, f"unreadable checkpoint: {err}") from None
-    if meta.get("format") != "mpcli-meta-checkpoint":
-        raise ModelError(path, "not an mp meta-training checkpoint")
+    if meta.get("format") != fmt:
+        raise ModelError(path, f"not an mp {what} checkpoint")
     names = json.loads(meta["names"])
     theta = {k: tensors[f"theta/{k}"] for k in names}
     state: dict[int, dict] = {}
@@ -238,8 +244,14 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, in
     for g in groups:
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
+    return meta, theta, {"state": state, "param_groups": groups}, tensors
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, int, dict]:
+    """(θ, Adam state dict, RNG tensors, step, config) from :func:`save_checkpoint`'s file."""
+    meta, theta, opt_state, tensors = read_checkpoint(path, "mpcli-meta-checkpoint", "meta-training")
     rng = {k: v for k, v in tensors.items() if k.startswith("rng/")}
-    return theta, {"state": state, "param_groups": groups}, rng, int(meta["step"]), json.loads(meta["config"])
+    return theta, opt_state, rng, int(meta["step"]), json.loads(meta["config"])
 
 
 # ------------------------------------------------------------------------------ logging
