@@ -217,7 +217,8 @@ def _digest(path: Path) -> str:
     return file_sha256(path)
 
 
-def _write_json(path: Path, body: dict) -> Path:
+def write_json(path: Path, body: dict) -> Path:
+    """Write a manifest body atomically; ``OutputError`` naming ``path`` on failure."""
     from mpcli.io.atomic import atomic_file
 
     with atomic_file(path) as tmp:
@@ -232,12 +233,12 @@ def write_manifest(out_dir: Path, stem: str, key: dict, outputs: list[Path]) -> 
     """Record the outputs of one input (atomically, after all of them exist)."""
     body = dict(key, status="complete",
                 outputs={p.relative_to(out_dir).as_posix(): _digest(p) for p in outputs})
-    return _write_json(manifest_path(out_dir, stem), body)
+    return write_json(manifest_path(out_dir, stem), body)
 
 
 def write_pending_manifest(out_dir: Path, stem: str, key: dict, names: list[str]) -> Path:
     """Claim ``names`` for this input before writing them (see the module doc)."""
-    return _write_json(manifest_path(out_dir, stem), dict(key, status="pending", planned=names))
+    return write_json(manifest_path(out_dir, stem), dict(key, status="pending", planned=names))
 
 
 def _remove(paths: list[Path]) -> None:

@@ -20,13 +20,12 @@ of the manifest key, so it never makes ``--resume`` reconstruct again.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mpcli.batch import Outcome, manifest_path, read_manifest
+from mpcli.batch import Outcome, manifest_path, read_manifest, write_json
 from mpcli.errors import EXIT_INTERNAL, EXIT_OUTPUT, MpError, OutputError, printable
 from mpcli.io.pacs import (
     DEFAULT_TIMEOUT,
@@ -111,7 +110,7 @@ def deliver(out_dir: Path, stem: str, dest: PacsDestination, calling_aet: str, *
         kept.update({rel: r.sop_instance_uid for rel, r in zip(todo, report.sent, strict=True)
                      if r.acknowledged})
     if kept != record:
-        _write_manifest(path, dict(manifest, sent=dict(sent, **{key: dict(sorted(kept.items()))})))
+        write_json(path, dict(manifest, sent=dict(sent, **{key: dict(sorted(kept.items()))})))
     return report
 
 
@@ -121,16 +120,6 @@ def _sop_instance_uid(pydicom, path: Path) -> str:
                    .SOPInstanceUID)
     except Exception:  # unreadable or changed: send it again
         return ""
-
-
-def _write_manifest(path: Path, body: dict) -> None:
-    from mpcli.io.atomic import atomic_file
-
-    with atomic_file(path) as tmp:
-        try:
-            tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-        except OSError as err:
-            raise OutputError(path, f"cannot write ({err.strerror or err})") from None
 
 
 UNREACHABLE_PAUSE = 60.0
