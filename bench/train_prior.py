@@ -5,7 +5,9 @@
 
 Re-running the same command resumes from the checkpoint (one file, overwritten
 atomically every ``--checkpoint-every`` seconds, at each stage end and on
-SIGTERM/SIGINT) with the configuration stored in it. ``--export FILE`` writes the checkpoint's θ as an ``mp``
+SIGTERM/SIGINT) with the configuration stored in it. ``--amend`` first moves a
+running recipe to the code's default network options, loss and μ step size
+(what the committed run did at kfull step 619: adaptive μ, PSNR loss). ``--export FILE`` writes the checkpoint's θ as an ``mp``
 weight file and exits. ``--tiny`` is a seconds-long configuration for checks.
 """
 
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage-steps", action="append", default=[], metavar="NAME=N",
                     help="change a stage's length (e.g. k1=1500); allowed when resuming too")
     ap.add_argument("--export", default=None, help="write the checkpoint's weights as an mp weight file and exit")
+    ap.add_argument("--amend", action="store_true",
+                    help="change the running recipe at the checkpoint's step to the code's default network "
+                         "options, loss and μ step size (logged as an 'amend' record), then continue")
     a = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(a.threads)
@@ -43,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.export:
         print(a.export, cur.export_weights(a.checkpoint, a.export))
         return 0
+    if a.amend:
+        fresh = cur.default_curriculum(a.seed)
+        _, stored = cur.load_checkpoint(a.checkpoint)
+        extra = {k: v for k, v in fresh.network.items() if stored.network.get(k) != v}
+        print("amended:", cur.amend(a.checkpoint, a.log, network=extra or None, loss=fresh.loss,
+                                    mu_lr_scale=fresh.mu_lr_scale), flush=True)
     if os.path.exists(a.checkpoint) and not a.recipe_from_code:  # resume the recipe the run started with
         _, config = cur.load_checkpoint(a.checkpoint)
         print(f"resuming {a.checkpoint} with its stored configuration", flush=True)

@@ -97,7 +97,7 @@ def test_validation_only_sources_cannot_be_trained_on():
 
 def test_default_curriculum_is_the_scan_like_modl_unet():
     c = cur.default_curriculum()
-    assert c.network["denoiser"] == "unet"
+    assert c.network["denoiser"] == "unet" and c.network["adaptive_mu"] and c.loss == "psnr"
     assert c.stages[0].iters == 1 and c.stages[-1].mode == "meta"
     assert all(t["source"] in ("itk_t1_head", "mni_flairlike", "mni_t2like") for t in c.val_tasks)
 
@@ -142,3 +142,31 @@ def test_stages_not_started_may_change_on_resume(tmp_path):
     first = dataclasses.replace(config.stages[0], lr=1.0)
     with pytest.raises(ModelError, match="stages"):
         cur.train(dataclasses.replace(changed, stages=[first, later]), ck, None)
+
+
+def test_amend_adds_parameters_logs_the_change_and_keeps_the_function(tmp_path):
+    """A running recipe may change (adaptive μ, loss, μ step size): new parameters start at
+    values that leave the network's output unchanged, and the log records where."""
+    from mpcli.meta.functional import bind
+
+    config = cur.tiny_curriculum()
+    ck, log = tmp_path / "c.safetensors", tmp_path / "log.jsonl"
+    cur.train(config, ck, log, max_steps=2)
+    before, cfg0 = cur.load_checkpoint(ck)
+    changes = cur.amend(ck, log, network={"adaptive_mu": True}, loss="psnr", mu_lr_scale=30.0)
+    after, cfg = cur.load_checkpoint(ck)
+    assert changes == {"network": {"adaptive_mu": True}, "loss": "psnr", "mu_lr_scale": 30.0}
+    assert cfg.loss == "psnr" and cfg.mu_lr_scale == 30.0 and cfg.network["adaptive_mu"]
+    assert set(after.theta) - set(before.theta) == {"mu_weights"} and not after.adam
+    assert (after.stage, after.step, after.wall_s) == (before.stage, before.step, before.wall_s)
+    rec = json.loads(log.read_text().splitlines()[-1])
+    assert rec["kind"] == "amend" and rec["changes"]["loss"] == "psnr"
+    batch = cur._val_batches(cfg)[0]
+    old = bind(cur._stage_model(cfg0, cfg0.stages[0]), before.theta)(batch.y, batch.A)
+    new = bind(cur._stage_model(cfg, cfg.stages[0]), after.theta)(batch.y, batch.A)
+    assert torch.equal(old, new)
+    state = cur.train(cfg, ck, log, max_steps=2)  # resumes with two Adam groups, μ last
+    assert list(state.theta)[-2:] == ["rho_mu", "mu_weights"]
+    resumed, _ = cur.load_checkpoint(ck)
+    assert len(resumed.adam["param_groups"]) == 2
+    assert resumed.adam["param_groups"][1]["lr"] == pytest.approx(30 * resumed.adam["param_groups"][0]["lr"])

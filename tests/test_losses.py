@@ -32,20 +32,39 @@ def _adjoint_model(y, A):
 
 
 def test_registry_names_and_measurement_only_flags():
-    assert set(LOSSES) == {"l2", "l1", "ssim", "mc", "ssdu", "wssdu", "ei"}
+    assert set(LOSSES) == {"l2", "l1", "ssim", "psnr", "mc", "ssdu", "wssdu", "ei"}
     assert [n for n in LOSSES if is_measurement_only(n)] == ["mc", "ssdu", "wssdu", "ei"]
     with pytest.raises(ValueError):
         make_loss("nope")
 
 
 @pytest.mark.parametrize("name", ["l2", "l1", "ssim"])
-def test_supervised_losses_vanish_only_at_the_truth(name):
+def test_supervised_losses_vanish_only_at_the_truth(name):  # psnr: −∞ at the truth (clamped), below
     b = _batch()
     loss = make_loss(name)
     assert float(loss(b.x, b.y, b.A, _adjoint_model, b.x)) == pytest.approx(0.0, abs=1e-6)
     assert float(loss(b.x * 0.5, b.y, b.A, _adjoint_model, b.x)) > 1e-3
     with pytest.raises(ValueError):
         loss(b.x, b.y, b.A, _adjoint_model, None)
+
+
+def test_psnr_loss_is_minus_the_reference_psnr_per_sample():
+    """−mean PSNR (peak max|x| per sample, complex error), checked against skimage's PSNR."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    b = _batch(n=3)
+    g = torch.Generator().manual_seed(1)
+    x_hat = b.x + 0.05 * torch.randn(b.x.shape, dtype=b.x.dtype, generator=g) * torch.arange(1, 4)[:, None, None]
+    value = float(make_loss("psnr")(x_hat, b.y, b.A, _adjoint_model, b.x))
+    ref = []
+    for xi, hi in zip(b.x, x_hat):
+        stack = lambda z: torch.stack((z.real, z.imag)).numpy().astype("float64")  # noqa: E731
+        # complex MSE = 2 × MSE over the (real, imaginary) channels
+        ref.append(peak_signal_noise_ratio(stack(xi), stack(hi), data_range=float(xi.abs().max()))
+                   - 10 * torch.log10(torch.tensor(2.0)).item())
+    assert value == pytest.approx(-sum(ref) / len(ref), abs=1e-3)
+    with pytest.raises(ValueError):
+        make_loss("psnr")(b.x, b.y, b.A, _adjoint_model, None)
 
 
 def test_ssim_loss_is_differentiable():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -217,3 +219,57 @@ def test_build_network_rejects_out_of_bounds_configs(bad):
 def test_build_network_rejects_too_many_parameters():
     with pytest.raises(ValueError, match="parameters"):
         build_network({"arch": "modl", "denoiser": "unet", "features": 256, "levels": 4})
+
+
+def test_adaptive_mu_starts_as_plain_modl_and_learns_per_scan_mu():
+    """mu_weights = 0 gives exactly the plain MoDL; non-zero weights make μ depend on the scan
+    (acquired fraction, coils, noise) and keep the network scale-equivariant."""
+    from mpcli.recon.network import acquisition_features
+
+    plain, adaptive = SMALL["modl_unet"], {**SMALL["modl_unet"], "adaptive_mu": True}
+    torch.manual_seed(0)
+    a = build_network(plain)
+    torch.manual_seed(0)
+    b = build_network(adaptive)
+    assert set(dict(b.named_parameters())) - set(dict(a.named_parameters())) == {"mu_weights"}
+    A, _, y = _problem(2, 3, 16, 20, seed=3)
+    with torch.no_grad():
+        assert torch.equal(a(y, A), b(y, A))
+        phi = acquisition_features(y, A)
+        assert phi.shape == (2, 3) and torch.isfinite(phi).all()
+        assert torch.allclose(phi[:, 0], (A.mask.mean()).log() - torch.log(torch.tensor(0.25)))
+        assert torch.allclose(phi[:, 1], torch.log(torch.tensor(3 / 8)).expand(2))
+        b.mu_weights.copy_(torch.tensor([0.0, 1.0, 0.0]))
+        mu = b.mu(y, A).flatten()
+        assert torch.allclose(mu, F.softplus(b.rho_mu + phi[:, 1]))
+        assert not torch.equal(a(y, A), b(y, A))
+        assert torch.allclose(b(7.0 * y, A), 7.0 * b(y, A), rtol=1e-4, atol=1e-5)
+
+
+def test_acquisition_features_track_acceleration_coils_and_noise():
+    from mpcli.recon.network import acquisition_features
+
+    g = torch.Generator().manual_seed(0)
+    y = 0.005 * torch.randn(1, 4, 32, 32, dtype=torch.complex64, generator=g)  # σ̂ below the reference
+    full = Sense(torch.ones(1, 4, 32, 32, dtype=torch.complex64) / 2, torch.ones(1, 1, 32, 32))
+    half = Sense(full.maps, (torch.arange(32) % 2 == 0).float().reshape(1, 1, 1, 32))
+    f_full, f_half = acquisition_features(y, full), acquisition_features(y * half.mask, half)
+    assert float(f_half[0, 0]) == pytest.approx(float(f_full[0, 0]) - math.log(2.0), abs=1e-5)
+    assert float(acquisition_features(3 * y, full)[0, 2]) == pytest.approx(float(f_full[0, 2]) + math.log(3.0),
+                                                                            abs=1e-4)
+    assert float(acquisition_features(1e6 * y, full)[0, 2]) == 3.0  # clipped to the trained range
+
+
+def test_adaptive_mu_weight_file_round_trip(tmp_path):
+    from mpcli.io.weights import load_model, save_weights
+
+    config = {**SMALL["modl_unet"], "adaptive_mu": True}
+    net = build_network(config)
+    with torch.no_grad():
+        net.mu_weights.copy_(torch.tensor([0.5, -1.0, 0.25]))
+    path = tmp_path / "w.safetensors"
+    save_weights(path, dict(net.named_parameters()), {"arch": "modl", "config": config})
+    loaded, _ = load_model(path, "cpu")
+    assert torch.equal(loaded.mu_weights, net.mu_weights)
+    with pytest.raises(ValueError, match="adaptive_mu"):
+        build_network({**config, "adaptive_mu": 1})
