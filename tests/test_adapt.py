@@ -1,6 +1,7 @@
 """Adaptation: proximity to the prior, early stopping, never touching inputs."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -119,3 +120,27 @@ def test_adapt_refuses_existing_output_and_tampered_prior(scan_file, prior_file,
     assert res.exit_code == 5 and "SHA-256" in res.stderr
     assert len([line for line in res.stderr.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_adapt_config_schedule_and_parameter_sets():
+    cfg = AdaptConfig(steps=10, lr=1e-3, warmup=2, schedule="cosine", params="biases", mu_lr_scale=30.0)
+    assert cfg.step_size(1) == pytest.approx(0.5e-3)  # warm-up ½, cosine 1
+    assert cfg.step_size(6) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 5 / 10)))
+    rates = cfg.rates(["denoiser.net.0.weight", "denoiser.net.0.bias", "rho_mu", "mu_weights"], 3)
+    base = cfg.step_size(3)
+    assert rates == {"denoiser.net.0.weight": 0.0, "denoiser.net.0.bias": base,
+                     "rho_mu": 30 * base, "mu_weights": 30 * base}
+    assert set(AdaptConfig(params="mu").rates(["a.weight", "rho_mu"], 1).values()) == {0.0, 1e-3}
+    with pytest.raises(ValueError):
+        AdaptConfig(params="everything")
+    with pytest.raises(ValueError):
+        AdaptConfig(schedule="linear")
+
+
+def test_adapting_only_mu_changes_only_mu(batch):
+    model = build_network({"arch": "modl", "iters": 2, "features": 4, "depth": 3, "cg_iters": 2, "adaptive_mu": True})
+    theta = prior_params(model)
+    res = adapt(model, theta, [batch], AdaptConfig(steps=2, patience=100, slices_per_step=2, params="mu",
+                                                   mu_lr_scale=10.0))
+    changed = {k for k in theta if not torch.equal(res.params[k], theta[k])}
+    assert changed and changed <= {"rho_mu", "mu_weights"}

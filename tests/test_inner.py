@@ -141,3 +141,25 @@ def test_chunked_inner_step_equals_whole_batch_step(lam):
     assert torch.allclose(v_whole, v_parts, rtol=1e-12)
     for k in whole:
         torch.testing.assert_close(parts[k], whole[k], rtol=1e-10, atol=1e-12)
+
+
+def test_per_parameter_step_sizes_freeze_and_scale():
+    """lr as a dict: a parameter at 0 keeps its value (and gets no gradient), a parameter at
+    2·lr moves exactly twice as far under SGD, and Adam's moments of frozen ones stay put."""
+    model, batch = _setup()
+    theta = {k: v.detach() for k, v in params_of(model).items()}
+    names = list(theta)
+    frozen, doubled = names[0], names[-1]
+    rates = {k: 1e-2 for k in names}
+    rates[frozen], rates[doubled] = 0.0, 2e-2
+    plain, _, _ = inner_step(model, theta, theta, batch, make_loss("mc"), 1e-2, 0.0)
+    mixed, _, _ = inner_step(model, theta, theta, batch, make_loss("mc"), rates, 0.0)
+    assert torch.equal(mixed[frozen], theta[frozen]) and not torch.equal(plain[frozen], theta[frozen])
+    torch.testing.assert_close(mixed[doubled] - theta[doubled], 2 * (plain[doubled] - theta[doubled]))
+    for k in names[1:-1]:
+        torch.testing.assert_close(mixed[k], plain[k])
+    state = init_opt_state("adam", theta)
+    _, state, _ = inner_step(model, theta, theta, batch, make_loss("mc"), rates, 0.0, state, chunk=1)
+    assert torch.equal(state["m"][frozen], torch.zeros_like(theta[frozen])) and state["m"][doubled].abs().sum() > 0
+    still, _, value = inner_step(model, theta, theta, batch, make_loss("mc"), {}, 0.0)
+    assert all(torch.equal(still[k], theta[k]) for k in names) and torch.isfinite(value)

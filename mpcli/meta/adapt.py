@@ -18,6 +18,7 @@ and returns the best φ. Reconstruction afterwards uses all of Ω.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ from mpcli.meta.inner import init_opt_state, inner_step
 from mpcli.meta.losses import acquired_mask, derive_seed, make_loss, reseed
 from mpcli.physics.masks import split_mask
 from mpcli.physics.sense import Sense, sense
+from mpcli.recon.network import MU_PARAMS
 from mpcli.scan import Scan
 
 
@@ -78,6 +80,39 @@ class AdaptConfig:
     val_slices: int = 4
     seed: int = 0
     loss_kw: dict = field(default_factory=dict)
+    params: str = "all"  # what adapts: "all", "mu" (MoDL's μ parameters) or "biases" (biases and μ)
+    mu_lr_scale: float = 1.0  # step size of MoDL's μ parameters relative to ``lr``
+    schedule: str = "constant"  # or "cosine": lr·½(1 + cos(π(k−1)/steps)) at step k
+    warmup: int = 0  # steps of linear warm-up (lr·k/warmup) before the schedule
+
+    def __post_init__(self):
+        if self.params not in PARAM_SETS:
+            raise ValueError(f"params must be one of {', '.join(PARAM_SETS)}, got {self.params!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.warmup < 0 or not self.mu_lr_scale > 0:
+            raise ValueError("warmup must be >= 0 and mu_lr_scale > 0")
+
+    def step_size(self, step: int) -> float:
+        """The base step size at step ``step`` = 1 … ``steps`` (warm-up, then the schedule)."""
+        lr = self.lr * (min(1.0, step / self.warmup) if self.warmup else 1.0)
+        if self.schedule == "cosine":
+            lr *= 0.5 * (1 + math.cos(math.pi * (step - 1) / max(self.steps, 1)))
+        return lr
+
+    def rates(self, names, step: int) -> dict[str, float]:
+        """Step size per parameter name at ``step``: 0 for parameters that do not adapt."""
+        base = self.step_size(step)
+        return {k: base * (self.mu_lr_scale if k in MU_PARAMS else 1.0) if PARAM_SETS[self.params](k) else 0.0
+                for k in names}
+
+
+PARAM_SETS = {
+    "all": lambda name: True,
+    "mu": lambda name: name in MU_PARAMS,
+    "biases": lambda name: name in MU_PARAMS or name.endswith(".bias"),
+}
+"""Which parameters ``mp adapt`` changes (``AdaptConfig.params``)."""
 
 
 class SiteBatch(NamedTuple):
@@ -172,8 +207,8 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
         n = train.y.shape[0]
         pick = torch.randperm(n, generator=gen)[: config.slices_per_step].sort().values
         reseed(loss, derive_seed(config.seed, step))
-        phi, state, value = inner_step(model, phi, theta, take(train, pick), loss, config.lr, config.lam,
-                                       state, create_graph=False, chunk=config.chunk)
+        phi, state, value = inner_step(model, phi, theta, take(train, pick), loss, config.rates(phi, step),
+                                       config.lam, state, create_graph=False, chunk=config.chunk)
         phi = tree_detach(phi)
         val = val_of(phi)
         stop = stopper.update(step, val)

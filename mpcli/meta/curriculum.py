@@ -49,6 +49,7 @@ import torch
 from mpcli.errors import InputError, ModelError, OutputError
 from mpcli.meta.functional import Params, bind, params_of
 from mpcli.meta.losses import derive_seed, make_loss, reseed
+from mpcli.recon.network import MU_PARAMS
 
 FORMAT = "mpcli-curriculum-checkpoint"
 CS_LAMBDAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -277,10 +278,6 @@ def _stage_model(config: CurriculumConfig, stage: Stage):
     from mpcli.recon.network import build_network
 
     return build_network({**config.network, "iters": stage.iters})
-
-
-MU_PARAMS = ("rho_mu", "mu_weights")
-"""MoDL's data-consistency weight parameters (their own Adam step size: ``mu_lr_scale``)."""
 
 
 def _param_groups(theta: Params, lr: float, mu_lr_scale: float) -> list[dict]:

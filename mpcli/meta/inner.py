@@ -55,7 +55,7 @@ def inner_objective(model: nn.Module, phi: Params, theta: Params, batch, loss: C
     return total, data
 
 
-def inner_step(model: nn.Module, phi: Params, theta: Params, batch, loss: Callable, lr: float, lam: float,
+def inner_step(model: nn.Module, phi: Params, theta: Params, batch, loss: Callable, lr: float | dict, lam: float,
                opt_state: OptState = None, create_graph: bool = False,
                chunk: int | None = None) -> tuple[Params, OptState, torch.Tensor]:
     """One optimiser step on J; returns ``(φ_new, state_new, L_inner(φ))``.
@@ -64,16 +64,26 @@ def inner_step(model: nn.Module, phi: Params, theta: Params, batch, loss: Callab
     ``init_opt_state("adam", …)``. Neither ``phi``, ``theta`` nor ``opt_state``
     is modified. The returned loss value is detached.
 
+    ``lr`` is one step size, or one per parameter name (a dict; names it lacks
+    get 0). A parameter whose step size is 0 is frozen: it keeps its value and
+    its moments, and (first order) no gradient is computed for it.
+
     ``chunk`` (first order only): accumulate the gradient over groups of at most
     ``chunk`` slices, ∇J = Σ_g (B_g/B) ∇L_inner(batch_g) + λ(φ − θ), so that one
     group's graph is alive at a time (peak memory ∝ chunk, not B). Equal to the
     whole-batch gradient for losses that average per-slice terms; randomised
     losses draw their splits per group.
     """
-    names = list(phi)
-    # Leaves to differentiate against: tensors already in a graph stay as they are.
-    phi = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in phi.items()}
+    rates = {k: float(lr.get(k, 0.0)) if isinstance(lr, dict) else float(lr) for k in phi}
+    every = list(phi)
+    names = [k for k in every if rates[k] != 0.0 or create_graph]
+    # Leaves to differentiate against: tensors already in a graph stay as they are; frozen ones stay detached.
+    phi = {k: v if v.requires_grad or k not in names else v.detach().requires_grad_(True) for k, v in phi.items()}
     B = batch.y.shape[0]
+    if not names:  # everything frozen
+        with torch.no_grad():
+            _, data = inner_objective(model, phi, theta, batch, loss, lam)
+        return dict(phi), opt_state, data.detach()
     if create_graph or chunk is None or chunk >= B:
         with torch.enable_grad():
             total, data = inner_objective(model, phi, theta, batch, loss, lam)
@@ -81,47 +91,49 @@ def inner_step(model: nn.Module, phi: Params, theta: Params, batch, loss: Callab
                                         allow_unused=True)
         g = {k: torch.zeros_like(phi[k]) if gk is None else gk for k, gk in zip(names, grads)}
     else:
-        g, data = _chunked_gradient(model, phi, theta, batch, loss, lam, chunk)
+        g, data = _chunked_gradient(model, phi, theta, batch, loss, lam, chunk, names)
     if not create_graph:
         g = {k: v.detach() for k, v in g.items()}
 
     if opt_state is None:
-        step = {k: lr * g[k] for k in names}
+        step = {k: rates[k] * g[k] for k in names}
         new_state = None
     else:
         b1, b2 = opt_state["betas"]
         eps, t = opt_state["eps"], opt_state["t"] + 1
-        m = {k: b1 * opt_state["m"][k] + (1 - b1) * g[k] for k in names}
-        v = {k: b2 * opt_state["v"][k] + (1 - b2) * g[k] * g[k] for k in names}
+        m = {**opt_state["m"], **{k: b1 * opt_state["m"][k] + (1 - b1) * g[k] for k in names}}
+        v = {**opt_state["v"], **{k: b2 * opt_state["v"][k] + (1 - b2) * g[k] * g[k] for k in names}}
         c1, c2 = 1 - b1**t, 1 - b2**t
-        step = {k: lr * (m[k] / c1) / (v[k] / c2 + eps * eps).sqrt() for k in names}
+        step = {k: rates[k] * (m[k] / c1) / (v[k] / c2 + eps * eps).sqrt() for k in names}
         new_state = {"t": t, "betas": (b1, b2), "eps": eps, "m": m, "v": v}
 
     if create_graph:
-        new_phi = {k: phi[k] - step[k] for k in names}
+        new_phi = {k: phi[k] - step[k] if k in step else phi[k] for k in every}
     else:
         # First order: φ_new = stopgrad(φ − step) + (θ − stopgrad θ): the value is
         # exactly φ − step, the derivative with respect to θ is the identity.
-        new_phi = {}
+        new_phi = {k: phi[k] for k in every if k not in names}
         for k in names:
             value = phi[k].detach() - step[k]
             new_phi[k] = value + (theta[k] - theta[k].detach()) if theta[k].requires_grad else value
-    return new_phi, new_state, data.detach()
+    return {k: new_phi[k] for k in every}, new_state, data.detach()
 
 
 def _chunked_gradient(model: nn.Module, phi: Params, theta: Params, batch, loss: Callable, lam: float,
-                      chunk: int) -> tuple[Params, torch.Tensor]:
-    """(∇J(φ), L_inner(φ)) accumulated over groups of ≤ ``chunk`` slices (detached)."""
+                      chunk: int, names: list[str] | None = None) -> tuple[Params, torch.Tensor]:
+    """(∇J(φ), L_inner(φ)) with respect to ``names`` (default: all of φ), accumulated over
+    groups of ≤ ``chunk`` slices (detached)."""
     B = batch.y.shape[0]
-    g = {k: torch.zeros_like(v) for k, v in phi.items()}
+    names = list(phi) if names is None else names
+    g = {k: torch.zeros_like(phi[k]) for k in names}
     data = torch.zeros((), dtype=batch.y.real.dtype, device=batch.y.device)
     for start in range(0, B, chunk):
         part = take(batch, slice(start, min(start + chunk, B)))
         weight = part.y.shape[0] / B
         with torch.enable_grad():
             _, value = inner_objective(model, phi, theta, part, loss, 0.0)
-            grads = torch.autograd.grad(value * weight, list(phi.values()), allow_unused=True)
-        for k, gk in zip(phi, grads):
+            grads = torch.autograd.grad(value * weight, [phi[k] for k in names], allow_unused=True)
+        for k, gk in zip(names, grads):
             if gk is not None:
                 g[k] += gk
         data = data + weight * value.detach()

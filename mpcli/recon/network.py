@@ -255,6 +255,9 @@ class ResUnroll(nn.Module):
         return x * s  # [B, H, W]
 
 
+MU_PARAMS = ("rho_mu", "mu_weights")
+"""Names of MoDL's data-consistency weight parameters (their own step size in training and adaptation)."""
+
 FEATURE_REF = (math.log(0.25), math.log(8.0), math.log(0.01))
 """φ_ref of :func:`acquisition_features`: R = 4, 8 coils, σ̂ = 0.01."""
 FEATURE_CLIP = 3.0
