@@ -200,14 +200,25 @@ def figure_from_files(preds: list[Path], ref: Path, path: Path, results: list[Re
 
     ref_vol, _ = load_volume(ref)
     names = [r.name for r in results] if results else labels(preds)
+    titles = column_titles(names)
     images = {}
-    for p, name in zip(preds, names):
+    for p, name in zip(preds, titles):
         vol, _ = load_volume(p)
         if vol.shape[0] != ref_vol.shape[0]:
             raise InputError(p, f"has {vol.shape[0]} slices, the reference has {ref_vol.shape[0]}")
         images[name] = center_crop(vol, tuple(ref_vol.shape[-2:]))  # [S, H, W]
-    captions = {r.name: {"psnr": r.psnr, "ssim": r.ssim} for r in results or []}
+    captions = {t: {"psnr": r.psnr, "ssim": r.ssim} for t, r in zip(titles, results or [])}
     return figure(ref_vol, images, path, captions)
+
+
+def column_titles(names: list[str]) -> list[str]:
+    """Figure column titles: ``names`` without the ``/stem`` they all share, when the
+    folders alone still tell them apart (``cs/scan``, ``meta/scan`` → ``cs``, ``meta``)."""
+    parts = [n.rsplit("/", 1) for n in names]
+    if len(names) > 1 and all(len(p) == 2 for p in parts) and len({p[1] for p in parts}) == 1 \
+            and len({p[0] for p in parts}) == len(names):
+        return [p[0] for p in parts]
+    return list(names)
 
 
 def results_table(results: list[Result]):

@@ -138,6 +138,15 @@ def test_figure_from_files_uses_results_names(tmp_path):
     assert imread(out).shape[2] in (3, 4)
 
 
+def test_figure_column_titles_drop_the_shared_stem_only_when_folders_still_differ():
+    from mpcli.evaluate import column_titles
+
+    assert column_titles(["cs/brain", "meta/brain", "adapted/brain"]) == ["cs", "meta", "adapted"]
+    assert column_titles(["cs/brain", "cs/knee"]) == ["cs/brain", "cs/knee"]
+    assert column_titles(["a", "b/x"]) == ["a", "b/x"]
+    assert column_titles(["cs/brain"]) == ["cs/brain"]
+
+
 def test_results_table_and_json():
     results = [Result("a", 0.01, 31.5, 0.9123, (3, 24, 20)), Result("b", 0.02, 28.25, 0.85, (3, 24, 20))]
     data = json.loads(results_json(results))
