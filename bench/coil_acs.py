@@ -80,11 +80,13 @@ def bart_ecalib(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 ESTIMATORS = {
     "sigpy square (old)": sigpy_square,
+    # the default: crop 0.95, lowered to 0.9 when held-out k-space says the support cuts tissue (select_crop)
     "band k½ crop .95": lambda y, m: estimate_maps(y, m, crop=0.95),
-    "band k½ crop .9": lambda y, m: estimate_maps(y, m, crop=0.9),
-    "band k½ crop .98": lambda y, m: estimate_maps(y, m, crop=0.98),
-    "band k½ soft .9→.98": lambda y, m: estimate_maps(y, m, crop=0.9, soft=0.98),
-    "band k8×½ crop .95": lambda y, m: estimate_maps(y, m, crop=0.95, kernel_width=kernel_size(
+    "band k½ crop .95 fixed": lambda y, m: estimate_maps(y, m, crop=0.95, auto_crop=False),
+    "band k½ crop .9": lambda y, m: estimate_maps(y, m, crop=0.9, auto_crop=False),
+    "band k½ crop .98": lambda y, m: estimate_maps(y, m, crop=0.98, auto_crop=False),
+    "band k½ soft .9→.98": lambda y, m: estimate_maps(y, m, crop=0.9, soft=0.98, auto_crop=False),
+    "band k8×½ crop .95": lambda y, m: estimate_maps(y, m, crop=0.95, auto_crop=False, kernel_width=kernel_size(
         torch.broadcast_to(m, (y.shape[0], 1, *y.shape[-2:]))[:, 0] > 0, rect=True)),
 }
 

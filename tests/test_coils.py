@@ -256,3 +256,52 @@ def test_espirit_without_calibration_lines_warns_and_still_gives_maps(caplog):
         est = estimate_maps(_kspace(img, maps) * mask, mask)
     assert "no fully acquired" in caplog.text
     assert est.shape == (1, C, N, N) and torch.isfinite(est.abs()).all()
+
+
+def _task_volume(task_dict: dict):
+    from mpcli.data.tasks import Task
+
+    b = Task.from_dict(task_dict).sample(4, 0)
+    S, (H, W) = b.y.shape[0], b.y.shape[-2:]
+    mask = b.A.mask.expand(S, 1, H, W).contiguous()
+    ref = b.x.abs() * b.A.maps.abs().pow(2).sum(1).sqrt()  # |x|·RSS(S): the coil-combined truth
+    return b.y, mask, ref
+
+
+def _tissue_cut(maps, ref) -> float:
+    """Fraction of the truth's energy outside the maps' support."""
+    inside = maps.abs().pow(2).sum(1) > 0
+    return float((ref * ~inside).pow(2).sum() / ref.pow(2).sum())
+
+
+# bench/quality.py's held-out Poisson and contrast tasks (bench/common.draw_task(family, 0))
+POISSON_TASK = {"mask_kind": "poisson", "acceleration": 4.0, "center_fraction": 0.065, "n_coils": 8,
+                "noise_rel": 0.0112, "source": "mni_t1", "plane": "axial", "size": [128, 128],
+                "seed": 955058143, "coil_model": "classic"}
+EQUISPACED_TASK = {"mask_kind": "equispaced", "acceleration": 4.0, "center_fraction": 0.079, "n_coils": 6,
+                   "noise_rel": 0.0104, "source": "mni_flairlike", "plane": "axial", "size": [128, 128],
+                   "seed": 304863048, "coil_model": "classic"}
+
+
+def test_auto_crop_lowers_the_crop_only_where_the_support_cuts_tissue(caplog):
+    """On the Poisson task crop 0.95 cuts tissue (held-out k-space says so) and 0.9 is
+    chosen; on the equispaced task 0.95 already holds the object and is kept."""
+    y, mask, ref = _task_volume(POISSON_TASK)
+    fixed = estimate_maps(y, mask, auto_crop=False)
+    with caplog.at_level(logging.INFO, logger="mpcli.physics.coils"):
+        auto = estimate_maps(y, mask)
+    assert "crop lowered to 0.9" in caplog.text
+    assert _tissue_cut(fixed, ref) > 1e-4 and _tissue_cut(auto, ref) < 0.1 * _tissue_cut(fixed, ref)
+    torch.testing.assert_close(auto, estimate_maps(y, mask, crop=0.9, auto_crop=False))
+    y, mask, ref = _task_volume(EQUISPACED_TASK)
+    torch.testing.assert_close(estimate_maps(y, mask), estimate_maps(y, mask, auto_crop=False))
+
+
+def test_select_crop_never_raises_the_crop_and_keeps_it_without_candidates():
+    y, mask, _ = _task_volume(EQUISPACED_TASK)
+    from mpcli.physics.coils import select_crop
+
+    ones = torch.ones(y.shape[0], *y.shape[-2:])
+    maps = y[:, :, :, :] * 0 + 1 / y.shape[1] ** 0.5
+    assert select_crop(y, mask[:, 0] > 0, maps, ones, crop=0.95, lower=()) == 0.95
+    assert select_crop(y, mask[:, 0] > 0, maps, ones, crop=0.8, lower=(0.9,)) == 0.8
