@@ -2,9 +2,10 @@
 
     python bench/plot_training.py train/prior_log.jsonl bench/results/prior_curve.png
 
-Reads the JSONL log of :mod:`mpcli.meta.curriculum` (``baseline``, ``train``, ``val``
-records); draws the network's mean validation PSNR (one colour per stage), the tuned
-L1-wavelet CS and zero-filled means as horizontal lines, and the training loss below.
+Reads the JSONL log of :mod:`mpcli.meta.curriculum` (``baseline``, ``train``, ``val``,
+``amend`` records); draws the network's mean validation PSNR (one colour per stage), the tuned
+L1-wavelet CS and zero-filled means as horizontal lines, where the recipe was amended, and
+the training loss below (L1 on a log axis; −PSNR dB on the right axis after an amend to it).
 Prints the last validation record and the per-step cost of each stage (median s/step).
 """
 
@@ -36,13 +37,30 @@ def main(log: str, out: str) -> None:
     ax.set_ylabel("validation PSNR (dB), mean of tasks")
     ax.legend(fontsize=8)
     ax.set_title("scan-like prior: held-out validation anatomy")
+    amends = [r for r in recs if r["kind"] == "amend"]
+    for a in amends:
+        what = ", ".join(a["changes"])
+        for axis in (ax, bx):
+            axis.axvline(a["wall_h"], color="tab:red", lw=0.8, ls="-.")
+        ax.annotate(f"recipe amended ({what})", (a["wall_h"], ax.get_ylim()[0]), xytext=(-3, 4),
+                    textcoords="offset points", fontsize=7, color="tab:red", va="bottom", ha="right", rotation=90)
+    # the loss changes meaning at an amend that changes it: L1 (log axis) before, −PSNR dB (right axis) after
+    switch = next((a["wall_h"] for a in amends if "loss" in a["changes"]), float("inf"))
+    cx = bx.twinx() if switch < float("inf") else None
     for stage in dict.fromkeys(r["stage"] for r in train):
-        pts = [(r["wall_h"], r["loss"]) for r in train if r["stage"] == stage]
-        bx.plot(*zip(*pts), lw=0.8, label=stage)
+        pts = [(r["wall_h"], r["loss"]) for r in train if r["stage"] == stage and r["wall_h"] <= switch]
+        if pts:
+            bx.plot(*zip(*pts), lw=0.8, label=stage)
+        after = [(r["wall_h"], r["loss"]) for r in train if r["stage"] == stage and r["wall_h"] > switch]
+        if after and cx is not None:
+            cx.plot(*zip(*after), lw=0.8, color="tab:purple", label=f"{stage} (−PSNR)")
     bx.set_yscale("log")
-    bx.legend(fontsize=8, title="stage", title_fontsize=8)
+    bx.legend(fontsize=8, title="stage", title_fontsize=8, loc="upper left")
     bx.set_xlabel("training wall-clock hours (1 thread, shared machine)")
     bx.set_ylabel("training L1 loss")
+    if cx is not None:
+        cx.set_ylabel("training −PSNR loss (dB)", fontsize=8)
+        cx.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
