@@ -170,3 +170,21 @@ def test_amend_adds_parameters_logs_the_change_and_keeps_the_function(tmp_path):
     resumed, _ = cur.load_checkpoint(ck)
     assert len(resumed.adam["param_groups"]) == 2
     assert resumed.adam["param_groups"][1]["lr"] == pytest.approx(30 * resumed.adam["param_groups"][0]["lr"])
+
+
+def test_espirit_frame_batches_are_what_deployment_sees():
+    """maps = "espirit": the network gets ESPIRiT maps estimated from the undersampled k-space
+    and the target is the truth in their frame (so |target| ≈ |x|·RSS(S) inside the support)."""
+    config = dataclasses.replace(cur.tiny_curriculum(), maps="espirit")
+    plain = cur._draw(dataclasses.replace(config, maps="true"), 0, config.stages[0], 0, 0)
+    batch = cur._draw(config, 0, config.stages[0], 0, 0)
+    assert torch.equal(batch.y, plain.y) and not torch.equal(batch.A.maps, plain.A.maps)
+    inside = batch.A.maps.abs().pow(2).sum(1) > 0
+    norm = batch.A.maps.abs().pow(2).sum(1)
+    assert torch.allclose(norm[inside], torch.ones_like(norm[inside]), atol=1e-4)
+    assert torch.equal(batch.x[~inside], torch.zeros_like(batch.x[~inside]))
+    rss_true = plain.x.abs() * plain.A.maps.abs().pow(2).sum(1).sqrt()
+    err = (batch.x.abs() - rss_true)[inside].abs().mean() / rss_true[inside].mean()
+    assert err < 0.05
+    with pytest.raises(ValueError, match="maps"):
+        dataclasses.replace(config, maps="sigpy")
