@@ -564,7 +564,11 @@ def export_weights(checkpoint: Path, out: Path) -> str:
     from mpcli.io.weights import save_weights
 
     state, config = load_checkpoint(checkpoint)
+    done = config.stages[: state.stage + 1]
     meta = {"arch": config.network["arch"], "config": config.network, "kind": "curriculum-prior",
-            "mp_version": __version__, "curriculum": {"stage": state.stage, "step": state.step,
-                                                      "wall_h": state.wall_s / 3600}}
+            "mp_version": __version__,
+            "curriculum": {"stage": done[-1].name if done else None, "step": state.step,
+                           "wall_h": round(state.wall_s / 3600, 4), "loss": config.loss,
+                           "stages": [dataclasses.asdict(st) for st in done], "seed": config.seed},
+            "data": {"family": config.tasks, "maps": config.maps, "val_tasks": config.val_tasks}}
     return save_weights(out, state.theta, meta)
