@@ -7,7 +7,8 @@ Re-running the same command resumes from the checkpoint (one file, overwritten
 atomically every ``--checkpoint-every`` seconds, at each stage end and on
 SIGTERM/SIGINT) with the configuration stored in it. ``--amend`` first moves a
 running recipe to the code's default network options, loss and μ step size
-(what the committed run did at kfull step 619: adaptive μ, PSNR loss). ``--export FILE`` writes the checkpoint's θ as an ``mp``
+(what the committed run did at kfull step 619: adaptive μ, PSNR loss; and at
+step ~1100: ESPIRiT maps). ``--export FILE`` writes the checkpoint's θ as an ``mp``
 weight file and exits. ``--tiny`` is a seconds-long configuration for checks.
 """
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         _, stored = cur.load_checkpoint(a.checkpoint)
         extra = {k: v for k, v in fresh.network.items() if stored.network.get(k) != v}
         print("amended:", cur.amend(a.checkpoint, a.log, network=extra or None, loss=fresh.loss,
-                                    mu_lr_scale=fresh.mu_lr_scale), flush=True)
+                                    mu_lr_scale=fresh.mu_lr_scale, maps=fresh.maps), flush=True)
     if os.path.exists(a.checkpoint) and not a.recipe_from_code:  # resume the recipe the run started with
         _, config = cur.load_checkpoint(a.checkpoint)
         print(f"resuming {a.checkpoint} with its stored configuration", flush=True)

@@ -100,8 +100,9 @@ class CurriculumConfig:
     # the coil maps the network sees: "true" (the simulation's) or "espirit" (estimated from the
     # undersampled k-space, as `mp adapt` does; the target is then x in their frame, Σ_c conj(Ŝ_c) S_c x).
     # Measured at kfull step 933: 60 steps with "espirit" gave 41.41 dB mean on the validation tasks
-    # (ESPIRiT maps), the "true" run 41.50 dB at step 933 and 40.70 at 1038 — no clear gain, at +30 % per
-    # step on the CPU, so the committed run stays on "true".
+    # (ESPIRiT maps), the "true" run 41.50 dB at step 933 and 40.70 at 1038, at +30 % per step on the
+    # CPU; but where the maps are poor (bench/quality.py's R8 task, 5 ACS lines) the "true"-maps network
+    # fell below zero-filling (14.2 vs 18.5 dB), so the committed run was amended to "espirit" at step ~1100.
     maps: str = "true"
 
     def __post_init__(self):
@@ -162,7 +163,7 @@ def default_curriculum(seed: int = 0) -> CurriculumConfig:
     # the plain recipe's same 60 steps to 39.87 dB (README, "The shipped prior")
     return CurriculumConfig(network={**MODL_UNET, "adaptive_mu": True}, tasks=SCAN_TRAIN_FAMILY.to_config(),
                             stages=stages, val_tasks=default_validation_tasks(), seed=seed, loss="psnr",
-                            mu_lr_scale=100.0)
+                            mu_lr_scale=100.0, maps="espirit")
 
 
 def tiny_curriculum(seed: int = 0) -> CurriculumConfig:
@@ -320,7 +321,8 @@ def amend(checkpoint: Path, log: Path | None, network: dict | None = None, loss:
     amended network has and θ lacks take the network's initial values (MoDL's
     ``mu_weights``: 0, i.e. the same function as before). Adam's state restarts
     (its groups may change). The log gets an ``amend`` record with the
-    changes, so a learning curve shows where the recipe changed. Returns the changes.
+    changes that differ from the stored recipe, so a learning curve shows where it changed.
+    Returns them.
     """
     from mpcli.recon.network import build_network
 
@@ -335,12 +337,12 @@ def amend(checkpoint: Path, log: Path | None, network: dict | None = None, loss:
         if unknown:
             raise ValueError(f"the amended network has no parameter(s) {', '.join(unknown)}")
         state.theta = {**state.theta, **missing}
-    if loss is not None:
+    if loss is not None and loss != config.loss:
         make_loss(loss)
         config.loss, changes["loss"] = loss, loss
-    if mu_lr_scale is not None:
+    if mu_lr_scale is not None and float(mu_lr_scale) != config.mu_lr_scale:
         config.mu_lr_scale, changes["mu_lr_scale"] = float(mu_lr_scale), float(mu_lr_scale)
-    if maps is not None:
+    if maps is not None and maps != config.maps:
         if maps not in ("true", "espirit"):
             raise ValueError(f"maps must be 'true' or 'espirit', got {maps!r}")
         config.maps, changes["maps"] = maps, maps
