@@ -188,3 +188,22 @@ def test_espirit_frame_batches_are_what_deployment_sees():
     assert err < 0.05
     with pytest.raises(ValueError, match="maps"):
         dataclasses.replace(config, maps="sigpy")
+
+
+def test_a_non_finite_step_is_skipped_and_logged(tmp_path, monkeypatch):
+    """A NaN loss or gradient never reaches θ or Adam's moments: the step is skipped and logged."""
+    config = dataclasses.replace(cur.tiny_curriculum(), val_tasks=[])
+    ck, log = tmp_path / "c.safetensors", tmp_path / "log.jsonl"
+    start = cur.initial_state(config).theta
+    real = cur.make_loss
+
+    def nan_loss(name, **kw):
+        base = real(name, **kw)
+        return lambda *a, **k: base(*a, **k) * float("nan")
+
+    monkeypatch.setattr(cur, "make_loss", nan_loss)
+    state = cur.train(config, ck, log, max_steps=2)
+    assert all(torch.equal(state.theta[k], start[k]) for k in start)
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    skipped = [r for r in recs if r["kind"] == "skipped"]
+    assert len(skipped) == 2 and skipped[0]["loss"] is None

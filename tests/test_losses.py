@@ -169,3 +169,13 @@ def test_losses_return_differentiable_scalars_through_a_network():
         assert loss.dim() == 0 and torch.isfinite(loss)
         loss.backward()
         assert net.conv1.weight.grad.abs().sum() > 0, name
+
+
+def test_psnr_loss_gradient_is_finite_where_output_equals_target():
+    b = _batch()
+    x_hat = b.x.clone().requires_grad_(True)
+    x = b.x.clone()
+    x[0] = 0
+    x_hat.data[0] = 0  # an all-zero example with an exact prediction
+    make_loss("psnr")(x_hat, b.y, b.A, _adjoint_model, x).backward()
+    assert torch.isfinite(x_hat.grad).all()

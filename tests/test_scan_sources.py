@@ -125,3 +125,19 @@ def test_missing_package_file_is_an_input_error(monkeypatch, tmp_path):
     with pytest.raises(InputError, match="apt-get install"):
         scans.volume_path("colin27")
     scans.load_volume.cache_clear()
+
+
+def test_label_map_never_yields_an_empty_image(monkeypatch):
+    """When no slice of the drawn atlas holds enough labels (30 tries), another atlas is drawn
+    instead of returning the last (all-background) slice: a blank training image once made a
+    zero target, a 0/0 gradient and NaN weights."""
+    _skip_unless_installed("label_map")
+    real, calls = synthetic.oblique_slice, {"n": 0}
+
+    def blank_at_first(vol, *args, **kw):
+        calls["n"] += 1
+        return np.zeros_like(real(vol, *args, **kw)) if calls["n"] <= 30 else real(vol, *args, **kw)
+
+    monkeypatch.setattr(synthetic, "oblique_slice", blank_at_first)
+    img = next(get_source("label_map").images("axial", (32, 32), np.random.default_rng(0)))
+    assert calls["n"] > 30 and (img > 0.1).mean() > 0.02

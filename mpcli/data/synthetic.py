@@ -111,6 +111,8 @@ class LabelMapSource:
                 lab = np.rint(oblique_slice(labels.astype(np.float32), voxel, plane, size, rng)).astype(int)
                 if (lab > 0).mean() >= 0.15:
                     break
+            else:  # no slice of this atlas held enough labels (an all-background image): draw another atlas
+                continue
             table = rng.uniform(0.05, 1.0, int(labels.max()) + 1)
             table[0] = rng.uniform(0, 0.05) if rng.random() < 0.5 else 0.0
             img = table[np.clip(lab, 0, len(table) - 1)]

@@ -531,19 +531,23 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
                         grads[k] += g[k] / stage.tasks_per_step
                 total += float(value.detach()) / stage.tasks_per_step
             norm = torch.sqrt(sum((v * v).sum() for v in grads.values()))
-            scale = min(1.0, config.grad_clip / float(norm)) if config.grad_clip > 0 and float(norm) > 0 else 1.0
-            for k, p in theta.items():
-                p.grad = grads[k] * scale
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            if math.isfinite(float(norm)) and math.isfinite(total):
+                scale = min(1.0, config.grad_clip / float(norm)) if config.grad_clip > 0 and float(norm) > 0 else 1.0
+                for k, p in theta.items():
+                    p.grad = grads[k] * scale
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            else:  # never let one bad example (NaN/inf loss or gradient) into θ or Adam's moments
+                write({"kind": "skipped", "stage": stage.name, "step": state.step,
+                       "loss": total if math.isfinite(total) else None, "wall_h": round(state.wall_s / 3600, 4)})
             state.step += 1
             done_here += 1
             dt = time.perf_counter() - t0
             state.wall_s += dt
             t_step += dt
-            losses.append(total)
+            losses.append(total if math.isfinite(total) else float("nan"))
             if len(losses) == log_every:
-                write({"kind": "train", "stage": stage.name, "step": state.step, "loss": float(np.mean(losses)),
+                write({"kind": "train", "stage": stage.name, "step": state.step, "loss": float(np.nanmean(losses)),
                        "s_per_step": round(t_step / log_every, 3), "wall_h": round(state.wall_s / 3600, 4)})
                 losses, t_step = [], 0.0
             now = time.perf_counter()
