@@ -283,7 +283,11 @@ def test_stop_during_a_file_finishes_it_or_abandons_it_cleanly(signum, code, tmp
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     _wait(lambda: named(events(log), "processing"), proc=proc)
     proc.send_signal(signum)
-    assert _finish(proc) == code
+    rc = _finish(proc)
+    # SIGINT: "mp: interrupted" and exit 130; now and then (1 run in ~12 on a busy machine, strace:
+    # after printing it) CPython ends the process with its own kill(SIGINT) instead, which a shell
+    # also reports as 130 — the outputs are checked below either way
+    assert rc == code or (signum == signal.SIGINT and rc == -signal.SIGINT), rc
     records = events(log)
     assert records[-1]["event"] == "stop"
     if signum == signal.SIGTERM:
