@@ -312,9 +312,10 @@ class MoDL(nn.Module):
     normalised k-space), w ``[3]`` initialised to 0 (then μ_b = softplus(ρ), the
     plain MoDL). One μ for every scan was measured to be the network's ceiling
     on well-posed scans: on a 20-coil R5 equispaced validation task μ/10 gained
-    8 dB, on an 8-coil R4 task μ/10 lost 1.7 dB (README, "The shipped prior").
-    Autograd differentiates through the unrolled CG iterations. Starting from CG-SENSE, an untrained MoDL (D ≈ 0) is already a
-    regularised SENSE reconstruction; training only has to learn the prior.
+    8 dB, on an 8-coil R4 task μ/10 lost 1.7 dB (README, "Training a scan-like
+    prior"). Autograd differentiates through the unrolled CG iterations.
+    Starting from CG-SENSE, an untrained MoDL (D ≈ 0) is already a regularised
+    SENSE reconstruction; training only has to learn the prior.
 
     Args:
         iters: unrolled denoise/data-consistency iterations K.
