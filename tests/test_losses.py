@@ -58,7 +58,7 @@ def test_psnr_loss_is_minus_the_reference_psnr_per_sample():
     value = float(make_loss("psnr")(x_hat, b.y, b.A, _adjoint_model, b.x))
     ref = []
     for xi, hi in zip(b.x, x_hat):
-        stack = lambda z: torch.stack((z.real, z.imag)).numpy().astype("float64")  # noqa: E731
+        stack = lambda z: torch.stack((z.real, z.imag)).numpy().astype("float64")
         # complex MSE = 2 × MSE over the (real, imaginary) channels
         ref.append(peak_signal_noise_ratio(stack(xi), stack(hi), data_range=float(xi.abs().max()))
                    - 10 * torch.log10(torch.tensor(2.0)).item())

@@ -52,6 +52,7 @@ from mpcli.meta.losses import derive_seed, make_loss, reseed
 from mpcli.recon.network import MU_PARAMS
 
 FORMAT = "mpcli-curriculum-checkpoint"
+MAPS = ("true", "espirit")  # CurriculumConfig.maps
 CS_LAMBDAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 _TASKS, _SAMPLE, _INNER, _OUTER = range(4)
 
@@ -106,8 +107,8 @@ class CurriculumConfig:
     maps: str = "true"
 
     def __post_init__(self):
-        if self.maps not in ("true", "espirit"):
-            raise ValueError(f"maps must be 'true' or 'espirit', got {self.maps!r}")
+        if self.maps not in MAPS:
+            raise ValueError(f"maps must be one of {', '.join(MAPS)}, got {self.maps!r}")
         self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
         make_loss(self.loss)
         from mpcli.data.scans import VALIDATION_ONLY
@@ -345,14 +346,15 @@ def amend(checkpoint: Path, log: Path | None, network: dict | None = None, loss:
     if mu_lr_scale is not None and float(mu_lr_scale) != config.mu_lr_scale:
         config.mu_lr_scale, changes["mu_lr_scale"] = float(mu_lr_scale), float(mu_lr_scale)
     if maps is not None and maps != config.maps:
-        if maps not in ("true", "espirit"):
-            raise ValueError(f"maps must be 'true' or 'espirit', got {maps!r}")
+        if maps not in MAPS:
+            raise ValueError(f"maps must be one of {', '.join(MAPS)}, got {maps!r}")
         config.maps, changes["maps"] = maps, maps
     state.adam = {}
     save_checkpoint(checkpoint, state, config)
     if log is not None:
-        rec = {"kind": "amend", "changes": changes, "stage": config.stages[min(state.stage, len(config.stages) - 1)].name,
-               "step": state.step, "wall_h": round(state.wall_s / 3600, 4)}
+        stage = config.stages[min(state.stage, len(config.stages) - 1)].name
+        rec = {"kind": "amend", "changes": changes, "stage": stage, "step": state.step,
+               "wall_h": round(state.wall_s / 3600, 4)}
         with open(log, "a") as fh:
             fh.write(json.dumps(rec, sort_keys=True) + "\n")
     return changes
