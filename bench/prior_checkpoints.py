@@ -1,0 +1,82 @@
+"""Curriculum checkpoints on the validation tasks, in the frame ``mp adapt`` works in.
+
+The curriculum's own log validates with the simulation's true coil maps. Here each
+validation task of the checkpoint's recipe (2 slices, as in training) is reconstructed
+with ESPIRiT maps Ŝ estimated from its undersampled k-space and scored, inside Ŝ's
+support, against the truth in Ŝ's frame, Σ_c conj(Ŝ_c) S_c x — what a scan gives the
+network at deployment. Tuned L1-wavelet CS (λ best of ``CS_LAMBDAS`` on the truth, same
+maps and support) is the reference. ``--mu-scales`` also scores each checkpoint with its
+MoDL μ multiplied by each factor (how far the learned μ is from the best one per task).
+
+    python bench/prior_checkpoints.py train/prior_ckpt.safetensors
+    python bench/prior_checkpoints.py old.safetensors new.safetensors --mu-scales 0.1,0.3,1,3
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mpcli.data.tasks import Task  # noqa: E402
+from mpcli.meta import curriculum as cur  # noqa: E402
+from mpcli.meta.functional import bind  # noqa: E402
+from mpcli.recon.classical import l1_wavelet  # noqa: E402
+from mpcli.recon.network import build_network  # noqa: E402
+
+
+def deployment_batches(val_tasks: list[dict], slices: int) -> list:
+    """(task, batch in the ESPIRiT frame, support ``[S, H, W]``) per validation task."""
+    out = []
+    for d in val_tasks:
+        task = Task.from_dict(d)
+        b = cur.in_espirit_frame(task.sample(slices, 0))
+        out.append((task, b, (b.A.maps.abs().pow(2).sum(1) > 0).to(torch.float32)))
+    return out
+
+
+def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
+    return float(cur.psnr(x_hat, x).mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--mu-scales", default="1", help="comma-separated factors applied to MoDL's μ")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    scales = [float(v) for v in a.mu_scales.split(",")]
+    _, config = cur.load_checkpoint(a.checkpoints[0])
+    tasks = deployment_batches(config.val_tasks, config.val_slices)
+    cs = [max(psnr(l1_wavelet(b.y, b.A.maps, b.A.mask, lam) * sup, b.x) for lam in cur.CS_LAMBDAS)
+          for _, b, sup in tasks]
+    names = [f"{t.mask_kind} R{t.acceleration:g} {t.n_coils}c {t.size[0]}x{t.size[1]}" for t, _, _ in tasks]
+    print(f"# Curriculum checkpoints, validation tasks with ESPIRiT maps (PSNR dB, {config.val_slices} slices each)\n")
+    print("| checkpoint | step | μ × | " + " | ".join(names) + " | mean | mean − CS |")
+    print("|---" * (len(names) + 5) + "|")
+    print(f"| tuned CS | | | " + " | ".join(f"{v:.2f}" for v in cs) + f" | {sum(cs) / len(cs):.2f} | |")
+    for path in a.checkpoints:
+        state, cfg = cur.load_checkpoint(path)
+        model = build_network(cfg.network)
+        for k in scales:
+            theta = dict(state.theta)
+            if k != 1.0:  # ρ' with softplus(ρ') = k·softplus(ρ): μ scaled for every scan
+                mu = torch.nn.functional.softplus(theta["rho_mu"]) * k
+                theta["rho_mu"] = mu + torch.log(-torch.expm1(-mu))
+            f = bind(model, theta)
+            with torch.no_grad():
+                vals = [psnr(f(b.y, b.A) * sup, b.x) for _, b, sup in tasks]
+            mean = sum(vals) / len(vals)
+            print(f"| {Path(path).name} | {state.step} | {k:g} | " + " | ".join(f"{v:.2f}" for v in vals)
+                  + f" | {mean:.2f} | {mean - sum(cs) / len(cs):+.2f} |", flush=True)
+    return 0 if all(math.isfinite(v) for v in cs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
