@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpcli.data.tasks import Task  # noqa: E402
-from mpcli.meta import curriculum as cur  # noqa: E402
-from mpcli.meta.functional import bind  # noqa: E402
-from mpcli.recon.classical import l1_wavelet  # noqa: E402
-from mpcli.recon.network import build_network  # noqa: E402
+from mpcli.data.tasks import Task
+from mpcli.meta import curriculum as cur
+from mpcli.meta.functional import bind
+from mpcli.recon.classical import l1_wavelet
+from mpcli.recon.network import build_network
 
 
 def deployment_batches(val_tasks: list[dict], slices: int) -> list:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# Curriculum checkpoints, validation tasks with ESPIRiT maps (PSNR dB, {config.val_slices} slices each)\n")
     print("| checkpoint | step | μ × | " + " | ".join(names) + " | mean | mean − CS |")
     print("|---" * (len(names) + 5) + "|")
-    print(f"| tuned CS | | | " + " | ".join(f"{v:.2f}" for v in cs) + f" | {sum(cs) / len(cs):.2f} | |")
+    print("| tuned CS | | | " + " | ".join(f"{v:.2f}" for v in cs) + f" | {sum(cs) / len(cs):.2f} | |")
     for path in a.checkpoints:
         state, cfg = cur.load_checkpoint(path)
         model = build_network(cfg.network)
