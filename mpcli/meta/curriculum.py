@@ -291,13 +291,13 @@ def in_espirit_frame(batch):
     """``batch`` as deployment sees it: ESPIRiT maps Ŝ estimated from its undersampled k-space, and
     the target in their frame, x_Ŝ = Σ_c conj(Ŝ_c) S_c x (zero outside Ŝ's support)."""
     from mpcli.data.tasks import Batch
-    from mpcli.physics.coils import estimate_maps
+    from mpcli.physics.coils import estimate_maps, sense_combine
     from mpcli.physics.sense import Sense
 
     S, (H, W) = batch.y.shape[0], batch.y.shape[-2:]
     mask = batch.A.mask.expand(S, 1, H, W).contiguous()
     est = estimate_maps(batch.y, mask)  # [S, C, H, W]
-    target = (est.conj() * batch.A.maps * batch.x[:, None]).sum(dim=1)  # [S, H, W]
+    target = sense_combine(batch.A.maps * batch.x[:, None], est)  # [S, H, W]
     return Batch(target, batch.y, Sense(est, batch.A.mask))
 
 

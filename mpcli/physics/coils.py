@@ -275,7 +275,7 @@ def select_crop(kspace: torch.Tensor, acquired: torch.Tensor, maps: torch.Tensor
     """
     from mpcli.physics.masks import split_mask
     from mpcli.physics.sense import Sense
-    from mpcli.recon.cg import conjugate_gradient
+    from mpcli.recon.classical import cg_sense  # imports this module: a local import
 
     lower = tuple(c for c in lower if c < crop)
     if not lower:
@@ -290,7 +290,7 @@ def select_crop(kspace: torch.Tensor, acquired: torch.Tensor, maps: torch.Tensor
 
     def error(c: float) -> float:
         A = Sense(maps[idx] * _support(eig[idx], c, soft)[:, None], t)
-        x, _ = conjugate_gradient(lambda v: A.normal(v) + 1e-2 * v, A.adjoint(y * t), iters=iters, tol=0.0)
+        x = cg_sense(y * t, A, tikhonov=1e-2, iters=iters, tol=0.0)
         r = A.with_mask(g)(x) - y * g
         return float(r.abs().pow(2).sum() / (y * g).abs().pow(2).sum().clamp_min(1e-30))
 
