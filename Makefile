@@ -68,6 +68,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/meta_vs_scratch.py
 	$(BIN)/python bench/adapt_defaults.py
 	$(BIN)/python bench/adapt_budget.py
+	$(BIN)/python bench/adapt_what.py
+	$(BIN)/python bench/real_data.py
+	$(BIN)/python bench/prior_checkpoints.py train/prior_ckpt.safetensors
 	$(BIN)/python bench/step_cost.py
 	$(BIN)/python bench/site_prior.py
 	$(BIN)/python bench/speed.py --repeats 1
