@@ -11,23 +11,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from mpcli.cli import app
 from mpcli.errors import EXIT_INPUT, EXIT_OUTPUT, EXIT_PARTIAL
 from mpcli.scan import file_sha256
+from tests.cli_helpers import mp, nonblank_lines
 from tests.synthetic import bad_input_corpus, write_synthetic_fastmri, write_synthetic_ismrmrd
-
-runner = CliRunner()
-
-
-def mp(*args):
-    """Run ``mp`` in-process; returns the click Result (stdout, stderr, exit_code)."""
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +43,7 @@ def test_every_bad_input_gives_one_line_and_exit_code(corpus, tmp_path):
         out = tmp_path / f"out_{name}"
         res = mp("reconstruct", path, "--out", out, "--method", "zero-filled")
         assert res.exit_code == EXIT_INPUT, (name, res.stdout, res.stderr)
-        lines = _lines(res.stderr)
+        lines = nonblank_lines(res.stderr)
         assert len(lines) == 1 and str(path) in lines[0], (name, res.stderr)
         assert "Traceback" not in res.stderr + res.stdout
         produced = [p for p in out.rglob("*")] if out.exists() else []
@@ -81,7 +69,7 @@ def test_batch_with_bad_files_finishes_good_ones(good, corpus, tmp_path):
 def test_output_inside_input_is_refused(good, tmp_path):
     res = mp("reconstruct", good, "--out", good / "recon", "--method", "zero-filled")
     assert res.exit_code == EXIT_OUTPUT
-    assert len(_lines(res.stderr)) == 1
+    assert len(nonblank_lines(res.stderr)) == 1
     assert not (good / "recon").exists()
 
 

@@ -12,23 +12,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from typer.testing import CliRunner
 
-from mpcli.cli import app
 from mpcli.errors import EXIT_OUTPUT, EXIT_PARTIAL, EXIT_USAGE, UsageError
 from mpcli.io.pacs import PacsDestination, parse_destination
+from tests.cli_helpers import mp, nonblank_lines
 from tests.conftest import free_port
 from tests.synthetic import write_synthetic_fastmri, write_synthetic_ismrmrd
-
-runner = CliRunner()
-
-
-def mp(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +91,7 @@ def test_bad_send_options_are_usage_errors_before_anything_is_written(scans, tmp
                   ["--format", "nifti,png"], ["--format", ","]):
         res = mp("reconstruct", scans / "axial.h5", "--out", out, "--method", "zero-filled", *extra)
         assert res.exit_code == EXIT_USAGE, (extra, res.stderr)
-        assert len(_lines(res.stderr)) == 1 and "Traceback" not in res.stderr
+        assert len(nonblank_lines(res.stderr)) == 1 and "Traceback" not in res.stderr
         assert not out.exists()
     res = mp("adapt", "--kspace", scans / "axial.h5", "--send", "PACS@host:104", "--format", "dicom")
     assert res.exit_code == EXIT_USAGE and "--recon" in res.stderr
@@ -141,7 +130,7 @@ def test_refusing_pacs_keeps_outputs_and_resume_sends_them(orthanc, tmp_path):
     res = mp("reconstruct", scan, "--out", out, "--method", "zero-filled",
              "--format", "nifti", "--format", "dicom", "--send", wrong)
     assert res.exit_code == EXIT_OUTPUT
-    line, = _lines(res.stderr)
+    line, = nonblank_lines(res.stderr)
     assert "oblique.h5" in line and wrong in line and "association rejected" in line and "--resume" in line
     manifest = json.loads((out / "oblique.mp.json").read_text())
     assert manifest["status"] == "complete" and (out / "oblique.nii.gz").is_file()
@@ -166,7 +155,7 @@ def test_unreachable_pacs_fails_each_input_and_the_batch_is_partial(scans, tmp_p
     dest = f"PACS@127.0.0.1:{free_port()}"
     res = mp("reconstruct", folder, "--out", out, "--method", "zero-filled", "--format", "dicom", "--send", dest)
     assert res.exit_code == EXIT_PARTIAL
-    errors = _lines(res.stderr)
+    errors = nonblank_lines(res.stderr)
     assert len(errors) == 3
     assert any("good.h5" in e and "cannot connect" in e and "3 of 3 instances" in e for e in errors)
     # the next input does not wait for another connection attempt

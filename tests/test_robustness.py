@@ -20,31 +20,21 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from mpcli.cli import app
 from mpcli.errors import EXIT_CODES, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_PARTIAL, EXIT_USAGE
 from mpcli.io.fastmri import write_fastmri
 from mpcli.io.ismrmrd import make_header
 from mpcli.io.readers import read_scans
 from mpcli.io.weights import SHIPPED_PRIOR, load_weights, save_weights
 from mpcli.scan import Geometry, file_sha256
+from tests.cli_helpers import mp, nonblank_lines
 from tests.synthetic import synthetic_kspace, write_synthetic_fastmri, write_synthetic_ismrmrd
 
-runner = CliRunner()
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 
 
-def mp(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
-
-
 def _errors(res) -> list[str]:
-    return [line for line in _lines(res.stderr) if line.startswith("mp: ")]
+    return [line for line in nonblank_lines(res.stderr) if line.startswith("mp: ")]
 
 
 def _tree(folder: Path) -> dict[str, bytes | None]:
@@ -207,7 +197,7 @@ def test_non_regular_inputs_are_refused_at_once(tmp_path, kind):
            "--method", "zero-filled"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == EXIT_INPUT, proc.stderr
-    assert "not a regular file" in proc.stderr and len(_lines(proc.stderr)) == 1
+    assert "not a regular file" in proc.stderr and len(nonblank_lines(proc.stderr)) == 1
     assert not any((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
 
 
@@ -234,7 +224,7 @@ def test_weights_with_nan_values_are_refused(tmp_path, scan_file):
     save_weights(bad, state, {k: v for k, v in meta.items() if k != "sha256"})  # a consistent hash
     res = mp("reconstruct", scan_file, "--out", tmp_path / "out", "--method", "adapted", "--model", bad)
     assert res.exit_code == EXIT_MODEL, res.output
-    assert "NaN" in res.stderr and len(_lines(res.stderr)) == 1
+    assert "NaN" in res.stderr and len(nonblank_lines(res.stderr)) == 1
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -249,7 +239,7 @@ def test_impossible_field_of_view_is_refused(tmp_path, field, value):
     path = _fastmri_with_header(tmp_path / "geo.h5", header.replace(old, f"<{field}>{value}</{field}>"))
     res = mp("reconstruct", path, "--out", tmp_path / "out", "--method", "zero-filled", "--format", "nifti")
     assert res.exit_code == EXIT_INPUT, res.output
-    assert "implausible voxel size" in res.stderr and len(_lines(res.stderr)) == 1
+    assert "implausible voxel size" in res.stderr and len(nonblank_lines(res.stderr)) == 1
 
 
 def test_bad_stored_geometry_is_refused(tmp_path):
@@ -292,7 +282,7 @@ def test_data_outside_the_file_is_refused(tmp_path):
     for kind, path in _link_variants(tmp_path).items():
         res = mp("reconstruct", path, "--out", tmp_path / f"out_{kind}", "--method", "zero-filled")
         assert res.exit_code == EXIT_INPUT, (kind, res.output)
-        assert "stored in the file itself" in res.stderr and len(_lines(res.stderr)) == 1
+        assert "stored in the file itself" in res.stderr and len(nonblank_lines(res.stderr)) == 1
 
 
 # ----------------------------------------------------------------------------- 9. declared sizes
@@ -305,7 +295,7 @@ def test_declared_huge_kspace_is_refused_before_reading(tmp_path):
         f.create_dataset("ismrmrd_header", data=np.bytes_(make_header((128, 128), (128, 128), (1, 1, 3), 1).encode()))
     res = mp("info", path)
     assert res.exit_code == EXIT_INPUT, res.output
-    assert "needs" in res.stderr and "TB" in res.stderr and len(_lines(res.stderr)) == 1
+    assert "needs" in res.stderr and "TB" in res.stderr and len(nonblank_lines(res.stderr)) == 1
 
 
 def test_declared_huge_ismrmrd_matrix_is_refused(tmp_path):
@@ -320,7 +310,7 @@ def test_declared_huge_ismrmrd_matrix_is_refused(tmp_path):
         f["dataset/xml"][0] = ismrmrd.xsd.ToXML(hdr).encode()
     res = mp("reconstruct", path, "--out", tmp_path / "out", "--method", "zero-filled")
     assert res.exit_code == EXIT_INPUT, res.output
-    assert "needs" in res.stderr and len(_lines(res.stderr)) == 1
+    assert "needs" in res.stderr and len(nonblank_lines(res.stderr)) == 1
 
 
 def test_sparse_slice_indices_do_not_allocate_empty_slices(tmp_path):
@@ -349,7 +339,7 @@ def test_out_of_bounds_architecture_fields_are_refused(tmp_path, scan_file, fiel
         pytest.skip("not representable in a weights file")
     res = mp("reconstruct", scan_file, "--out", tmp_path / "out", "--method", "adapted", "--model", bad)
     assert res.exit_code == EXIT_MODEL, res.output
-    assert field in res.stderr and len(_lines(res.stderr)) == 1
+    assert field in res.stderr and len(nonblank_lines(res.stderr)) == 1
 
 
 # ----------------------------------------------------------------------------- 11. exit codes
@@ -364,7 +354,7 @@ def test_out_that_is_a_file_is_an_output_error(scan_file, tmp_path):
 def test_out_that_cannot_be_created_is_an_output_error(scan_file, tmp_path):
     res = mp("reconstruct", scan_file, "--out", "/proc/mp-cannot-write-here/out", "--method", "zero-filled")
     assert res.exit_code == EXIT_OUTPUT, res.output
-    assert len(_lines(res.stderr)) == 1
+    assert len(nonblank_lines(res.stderr)) == 1
 
 
 def test_disk_full_while_writing_is_an_output_error(tmp_path):
@@ -382,7 +372,7 @@ def test_disk_full_while_writing_is_an_output_error(tmp_path):
                                "--method", "zero-filled", "--format", fmt], capture_output=True, text=True,
                               preexec_fn=limit_file_size, timeout=300)
         assert proc.returncode == EXIT_OUTPUT, proc.stderr
-        assert len(_lines(proc.stderr)) == 1 and str(out) in proc.stderr and "cannot write" in proc.stderr
+        assert len(nonblank_lines(proc.stderr)) == 1 and str(out) in proc.stderr and "cannot write" in proc.stderr
         assert not any(out.iterdir())
 
 
@@ -417,7 +407,7 @@ def test_symlink_loops_are_input_errors(tmp_path):
     assert res.exit_code == EXIT_PARTIAL, res.output
     assert _errors(res) == [line for line in _errors(res) if "loop.h5" in line and "link loop" in line]
     res = mp("reconstruct", d / "loop.h5", "--out", tmp_path / "out2", "--method", "zero-filled")
-    assert res.exit_code == EXIT_INPUT and len(_lines(res.stderr)) == 1
+    assert res.exit_code == EXIT_INPUT and len(nonblank_lines(res.stderr)) == 1
 
 
 @pytest.mark.parametrize("args", [["--method", "bogus"], ["--format", "png"], ["--shard", "2/2"],
@@ -446,7 +436,7 @@ def test_control_characters_in_names_cannot_forge_lines(tmp_path):
     res = mp("reconstruct", d, "--out", tmp_path / "out", "--method", "zero-filled", "--format", "h5")
     assert res.exit_code == EXIT_PARTIAL
     assert len(_errors(res)) == 2 and "\x1b" not in res.stderr + res.stdout
-    assert "forged" not in "".join(line for line in _lines(res.stderr) if not line.startswith("mp: error: "))
+    assert "forged" not in "".join(line for line in nonblank_lines(res.stderr) if not line.startswith("mp: error: "))
     assert "\\n" in res.stderr and "\\x1b" in res.stderr
 
 
@@ -554,7 +544,7 @@ def test_adapt_refuses_output_clashes_before_adapting(scan_file, tmp_path):
     (recon / "scan.h5").write_bytes(b"the user's own file")
     res = mp("adapt", "--kspace", scan_file, "--recon", recon, "--format", "h5", "--steps", "1")
     assert res.exit_code == EXIT_OUTPUT, res.output
-    assert "was not written by mp" in res.stderr and len(_lines(res.stderr)) == 1
+    assert "was not written by mp" in res.stderr and len(nonblank_lines(res.stderr)) == 1
     assert sorted(p.name for p in recon.iterdir()) == ["scan.h5"]  # no adapted weights either
     assert (recon / "scan.h5").read_bytes() == b"the user's own file"
 

@@ -12,19 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from mpcli.cli import app
 from mpcli.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
 from mpcli.watch import is_temporary, watch_stem
+from tests.cli_helpers import mp
 from tests.synthetic import write_synthetic_fastmri, write_synthetic_ismrmrd
 
-runner = CliRunner()
 FAST = ["--method", "zero-filled", "--settle", "0.3", "--poll", "0.05"]
-
-
-def mp(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def events(log: Path) -> list[dict]:
