@@ -160,8 +160,9 @@ def default_curriculum(seed: int = 0) -> CurriculumConfig:
         Stage("meta", steps=3000, iters=k, lr=1e-4, mode="meta", tasks_per_step=2, slices=4),
     ]
     # adaptive μ, the PSNR loss and μ's own step size were added at kfull step 619 of the committed run
-    # (``amend``): on the four validation tasks (ESPIRiT maps) 60 steps took the mean from 39.58 to 41.09 dB,
-    # the plain recipe's same 60 steps to 39.87 dB (README, "Training a scan-like prior"). μ's step size
+    # (``amend``): on the four validation tasks (ESPIRiT maps, bench/prior_checkpoints.py) 60 steps took the
+    # mean from 39.58 to 41.09 dB, the plain recipe's same 60 steps to 39.87 dB (that control checkpoint was
+    # scored by an earlier copy of the script and not kept; README, "Training a scan-like prior"). μ's step size
     # was 100× the stage's until step 1273, then 10×: μ had settled (0.021 → 0.004–0.005) but kept
     # wandering, and the 20-coil validation task swung by up to 4 dB between checkpoints
     return CurriculumConfig(network={**MODL_UNET, "adaptive_mu": True}, tasks=SCAN_TRAIN_FAMILY.to_config(),
