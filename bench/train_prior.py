@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--export", default=None, help="write the checkpoint's weights as an mp weight file and exit")
     ap.add_argument("--amend", action="store_true",
                     help="change the running recipe at the checkpoint's step to the code's default network "
-                         "options, loss and μ step size (logged as an 'amend' record), then continue")
+                         "options, task family, loss and μ step size (logged as an 'amend' record), then continue")
     a = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(a.threads)
@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         fresh = cur.default_curriculum(a.seed)
         _, stored = cur.load_checkpoint(a.checkpoint)
         extra = {k: v for k, v in fresh.network.items() if stored.network.get(k) != v}
+        family = {k: v for k, v in fresh.tasks.items() if stored.tasks.get(k) != v}
         print("amended:", cur.amend(a.checkpoint, a.log, network=extra or None, loss=fresh.loss,
-                                    mu_lr_scale=fresh.mu_lr_scale, maps=fresh.maps), flush=True)
+                                    mu_lr_scale=fresh.mu_lr_scale, maps=fresh.maps, tasks=family or None),
+              flush=True)
     if os.path.exists(a.checkpoint) and not a.recipe_from_code:  # resume the recipe the run started with
         _, config = cur.load_checkpoint(a.checkpoint)
         print(f"resuming {a.checkpoint} with its stored configuration", flush=True)

@@ -172,6 +172,23 @@ def test_amend_adds_parameters_logs_the_change_and_keeps_the_function(tmp_path):
     assert resumed.adam["param_groups"][1]["lr"] == pytest.approx(30 * resumed.adam["param_groups"][0]["lr"])
 
 
+def test_amend_changes_the_task_family_from_the_next_step(tmp_path):
+    """A running recipe may move to another task family (the committed run's noise levels at kfull
+    step 1663): the stored family changes, the log says so, and a bad family is refused untouched."""
+    config = cur.tiny_curriculum()
+    ck, log = tmp_path / "c.safetensors", tmp_path / "log.jsonl"
+    cur.train(config, ck, log, max_steps=2)
+    with pytest.raises(ValueError, match="log-uniform"):
+        cur.amend(ck, log, tasks={"noise_rel": [0.0, 0.1], "noise_log": True})
+    assert cur.load_checkpoint(ck)[1].tasks == config.tasks
+    changes = cur.amend(ck, log, tasks={"noise_rel": [0.01, 0.2], "noise_log": True})
+    assert changes == {"tasks": {"noise_rel": [0.01, 0.2], "noise_log": True}}
+    _, cfg = cur.load_checkpoint(ck)
+    assert cfg.tasks["noise_rel"] == [0.01, 0.2] and cfg.tasks["sources"] == config.tasks["sources"]
+    assert json.loads(log.read_text().splitlines()[-1])["changes"] == changes
+    cur.train(cfg, ck, log, max_steps=1)  # resumes with the amended family
+
+
 def test_espirit_frame_batches_are_what_deployment_sees():
     """maps = "espirit": the network gets ESPIRiT maps estimated from the undersampled k-space
     and the target is the truth in their frame (so |target| ≈ |x|·RSS(S) inside the support)."""

@@ -96,6 +96,25 @@ def test_default_family_draws_are_unchanged_by_the_coil_model_field():
         Task(coil_model="birdcage")
 
 
+def test_log_uniform_noise_spans_decades_and_draws_the_rest_unchanged():
+    """``noise_log`` draws noise_rel log-uniformly in [lo, hi] with one draw of the generator,
+    so every other field of the task is the one the uniform family draws."""
+    fam = TaskFamily(noise_rel=(0.003, 0.2), noise_log=True)
+    draws = np.array([fam.sample_task(np.random.default_rng(i)).noise_rel for i in range(400)])
+    assert draws.min() >= 0.003 and draws.max() <= 0.2
+    # log-uniform: the median sits at the geometric mean √(0.003·0.2) ≈ 0.0245, a third of the draws above 0.05
+    assert np.median(draws) == pytest.approx(np.sqrt(0.003 * 0.2), rel=0.25)
+    assert 0.25 < (draws > 0.05).mean() < 0.42
+    t_log = fam.sample_task(np.random.default_rng(5)).to_dict()
+    t_uni = TaskFamily(noise_rel=(0.003, 0.2)).sample_task(np.random.default_rng(5)).to_dict()
+    assert {k: v for k, v in t_log.items() if k != "noise_rel"} == {k: v for k, v in t_uni.items() if k != "noise_rel"}
+    assert TaskFamily.from_config(fam.to_config()) == fam
+    with pytest.raises(ValueError, match="log-uniform"):
+        TaskFamily(noise_rel=(0.0, 0.1), noise_log=True)
+    with pytest.raises(ValueError, match="noise_log"):
+        TaskFamily.from_config({"noise_log": "yes"})
+
+
 @pytest.mark.parametrize("shape", [(48, 48), (40, 64)])
 def test_biot_savart_maps_normalised_and_deterministic(shape):
     m = coil_maps(6, shape, np.random.default_rng(1), kind="biot_savart")

@@ -164,7 +164,9 @@ def default_curriculum(seed: int = 0) -> CurriculumConfig:
     # mean from 39.58 to 41.09 dB, the plain recipe's same 60 steps to 39.87 dB (that control checkpoint was
     # scored by an earlier copy of the script and not kept; README, "Training a scan-like prior"). μ's step size
     # was 100× the stage's until step 1273, then 10×: μ had settled (0.021 → 0.004–0.005) but kept
-    # wandering, and the 20-coil validation task swung by up to 4 dB between checkpoints
+    # wandering, and the 20-coil validation task swung by up to 4 dB between checkpoints. At kfull step 1663
+    # the task family's noise moved from 0–3 % uniform to 0.3–20 % log-uniform: real scans measure 14–16 %
+    # (bench/noise_level.py), far outside what the network had seen
     return CurriculumConfig(network={**MODL_UNET, "adaptive_mu": True}, tasks=SCAN_TRAIN_FAMILY.to_config(),
                             stages=stages, val_tasks=default_validation_tasks(), seed=seed, loss="psnr",
                             mu_lr_scale=10.0, maps="espirit")
@@ -318,10 +320,11 @@ def _param_groups(theta: Params, lr: float, mu_lr_scale: float) -> list[dict]:
 
 
 def amend(checkpoint: Path, log: Path | None, network: dict | None = None, loss: str | None = None,
-          mu_lr_scale: float | None = None, maps: str | None = None) -> dict:
+          mu_lr_scale: float | None = None, maps: str | None = None, tasks: dict | None = None) -> dict:
     """Change a running curriculum's recipe at its current step, and say so in the log.
 
-    ``network`` entries are added to the network configuration; parameters the
+    ``network`` entries are added to the network configuration, ``tasks`` entries
+    to the task family's (stages' own overrides still apply); parameters the
     amended network has and θ lacks take the network's initial values (MoDL's
     ``mu_weights``: 0, i.e. the same function as before). Adam's state restarts
     (its groups may change). The log gets an ``amend`` record with the
@@ -341,6 +344,12 @@ def amend(checkpoint: Path, log: Path | None, network: dict | None = None, loss:
         if unknown:
             raise ValueError(f"the amended network has no parameter(s) {', '.join(unknown)}")
         state.theta = {**state.theta, **missing}
+    if tasks:
+        from mpcli.data.tasks import TaskFamily
+
+        merged = {**config.tasks, **tasks}
+        TaskFamily.from_config(merged)  # ValueError on a bad family
+        config.tasks, changes["tasks"] = merged, tasks
     if loss is not None and loss != config.loss:
         make_loss(loss)
         config.loss, changes["loss"] = loss, loss
