@@ -31,7 +31,7 @@ classical PSNR), adapt > no adaptation, adapt > random-init adaptation, and
 adapt within 1 dB of the oracle (mean PSNRs).
 
     python bench/quality.py                       # default: 3 tasks × 4 slices (≤ 15 min, 2 idle cores)
-    python bench/quality.py --families all6 --slices 8   # all six families (GPU)
+    python bench/quality.py --families every --slices 8  # all seven families (GPU)
     python bench/quality.py --quick --prior /tmp/prior.safetensors
 """
 
@@ -51,10 +51,11 @@ import common as c
 
 from mpcli.meta.adapt import AdaptConfig
 
-FAMILIES = ("contrast", "sagittal", "poisson", "acceleration_8", "coils_16_20", "all")
-# The default run fits ~15 min on 2 idle CPU cores with the shipped network (each task adapts
-# twice with AdaptConfig's full budget and trains an oracle); all six families: --families all6.
-DEFAULT_FAMILIES = ("contrast", "poisson", "acceleration_8")
+FAMILIES = ("contrast", "sagittal", "poisson", "acceleration_8", "coils_16_20", "noise", "all")
+# The default run fits ~20 min on 2 idle CPU cores with the shipped network (each task adapts
+# twice with AdaptConfig's full budget and trains an oracle); all seven families: --families every.
+# "noise" is the noise level measured on real scans (bench/noise_level.py).
+DEFAULT_FAMILIES = ("contrast", "poisson", "acceleration_8", "noise")
 METHODS = ("zero-filled", "sense", "cs*", "bart*", "bart", "prior", "adapt", "adapt-random", "oracle")
 CLASSICAL = ("zero-filled", "sense", "cs*", "bart*", "bart")
 
@@ -128,7 +129,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     c.add_common_args(ap)
     ap.add_argument("--families", default=",".join(DEFAULT_FAMILIES),
-                    help=f"HELD_OUT families, comma-separated, or 'all6' = {','.join(FAMILIES)}")
+                    help=f"HELD_OUT families, comma-separated, or 'every' = {','.join(FAMILIES)}")
     ap.add_argument("--slices", type=int, default=4, help="test slices per task")
     ap.add_argument("--cs-lams", default=",".join(f"{v:g}" for v in c.CS_LAMS), help="CS λ grid")
     ap.add_argument("--cs-iters", type=int, default=100)
@@ -151,7 +152,7 @@ def main() -> None:
     device = c.setup(args)
     model, theta, sha, net_config = c.load_prior(args.prior, device)
 
-    families = list(FAMILIES) if args.families == "all6" else [f.strip() for f in args.families.split(",") if f.strip()]
+    families = list(FAMILIES) if args.families == "every" else [f.strip() for f in args.families.split(",") if f.strip()]
     tasks = [(f, c.draw_task(f, args.seed)) for f in families]
     t0 = time.perf_counter()
     results = []

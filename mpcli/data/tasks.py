@@ -269,6 +269,8 @@ HELD_OUT: dict[str, TaskFamily] = {
     "coils_16_20": TaskFamily(n_coils=(16, 20)),
     "matrix": TaskFamily(sizes=((96, 96), (160, 128), (192, 192))),
     "phantom": TaskFamily(sources=("shepp_logan",)),
+    # the noise of real scans (bench/noise_level.py: the real MPRAGE ≈ 0.16, the real Poisson brain ≈ 0.14)
+    "noise": TaskFamily(noise_rel=(0.1, 0.16)),
     # … and all of them at once
     "all": TaskFamily(mask_kinds=("poisson",), accelerations=(8.0, 8.0),
                       center_fractions=(0.04, 0.04), n_coils=(16, 20),
