@@ -7,9 +7,12 @@ support, against the truth in Ŝ's frame, Σ_c conj(Ŝ_c) S_c x — what a scan 
 network at deployment. Tuned L1-wavelet CS (λ best of ``CS_LAMBDAS`` on the truth, same
 maps and support) is the reference. ``--mu-scales`` also scores each checkpoint with its
 MoDL μ multiplied by each factor (how far the learned μ is from the best one per task).
+``--noise`` replaces every task's noise level (0.15: what ``bench/noise_level.py`` measures
+on the real scans; the validation tasks have 0.01).
 
     python bench/prior_checkpoints.py train/prior_ckpt.safetensors
     python bench/prior_checkpoints.py old.safetensors new.safetensors --mu-scales 0.1,0.3,1,3
+    python bench/prior_checkpoints.py train/prior_ckpt.safetensors --noise 0.15
 """
 
 from __future__ import annotations
@@ -48,16 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--mu-scales", default="1", help="comma-separated factors applied to MoDL's μ")
+    ap.add_argument("--noise", type=float, default=None, help="noise_rel of every task (default: the task's)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     scales = [float(v) for v in a.mu_scales.split(",")]
     _, config = cur.load_checkpoint(a.checkpoints[0])
-    tasks = deployment_batches(config.val_tasks, config.val_slices)
+    val_tasks = [{**t, "noise_rel": a.noise} if a.noise is not None else t for t in config.val_tasks]
+    tasks = deployment_batches(val_tasks, config.val_slices)
     cs = [max(psnr(l1_wavelet(b.y, b.A.maps, b.A.mask, lam) * sup, b.x) for lam in cur.CS_LAMBDAS)
           for _, b, sup in tasks]
     names = [f"{t.mask_kind} R{t.acceleration:g} {t.n_coils}c {t.size[0]}x{t.size[1]}" for t, _, _ in tasks]
-    print(f"# Curriculum checkpoints, validation tasks with ESPIRiT maps (PSNR dB, {config.val_slices} slices each)\n")
+    noise = f", noise_rel {a.noise:g}" if a.noise is not None else ""
+    print(f"# Curriculum checkpoints, validation tasks with ESPIRiT maps (PSNR dB, {config.val_slices} slices each"
+          f"{noise})\n")
     print("| checkpoint | step | μ × | " + " | ".join(names) + " | mean | mean − CS |")
     print("|---" * (len(names) + 5) + "|")
     print("| tuned CS | | | " + " | ".join(f"{v:.2f}" for v in cs) + f" | {sum(cs) / len(cs):.2f} | |")
