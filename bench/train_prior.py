@@ -8,7 +8,9 @@ atomically every ``--checkpoint-every`` seconds, at each stage end and on
 SIGTERM/SIGINT) with the configuration stored in it. ``--amend`` first moves a
 running recipe to the code's default network options, loss and μ step size
 (what the committed run did at kfull step 619: adaptive μ, PSNR loss; and at
-step ~1100: ESPIRiT maps). ``--export FILE`` writes the checkpoint's θ as an ``mp``
+step ~1100: ESPIRiT maps). ``--workers N`` makes the coming steps' examples in N
+other processes meanwhile (the same run; ``bench/train_throughput.py`` times it).
+``--export FILE`` writes the checkpoint's θ as an ``mp``
 weight file and exits. ``--tiny`` is a seconds-long configuration for checks.
 """
 
@@ -24,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default="train/prior_ckpt.safetensors")
     ap.add_argument("--log", default="train/prior_log.jsonl")
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads (1 on a shared machine)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="processes that make the coming steps' examples meanwhile (one core each; same run)")
     ap.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
     ap.add_argument("--val-every", type=float, default=900.0, help="seconds between validations")
     ap.add_argument("--max-steps", type=int, default=None, help="stop (checkpointed) after this many steps")
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}, flush=True)
 
     state = cur.train(config, a.checkpoint, a.log, checkpoint_every_s=a.checkpoint_every,
-                      val_every_s=a.val_every, max_steps=a.max_steps, handle_signals=True, progress=show)
+                      val_every_s=a.val_every, max_steps=a.max_steps, handle_signals=True, progress=show,
+                      workers=a.workers)
     print(f"stopped at stage {state.stage} step {state.step}, {state.wall_s / 3600:.3f} h trained", flush=True)
     return 0
 

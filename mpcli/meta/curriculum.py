@@ -34,6 +34,7 @@ then ``train`` records (mean loss over ``log_every`` steps) and ``val`` records
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -49,6 +50,7 @@ import torch
 from mpcli.errors import InputError, ModelError, OutputError
 from mpcli.meta.functional import Params, bind, params_of
 from mpcli.meta.losses import derive_seed, make_loss, reseed
+from mpcli.meta.prefetch import Prefetcher
 from mpcli.recon.network import MU_PARAMS
 
 FORMAT = "mpcli-curriculum-checkpoint"
@@ -290,6 +292,24 @@ def _draw(config: CurriculumConfig, j: int, stage: Stage, step: int, i: int):
     return in_espirit_frame(batch) if config.maps == "espirit" else batch
 
 
+def _draw_at(config: CurriculumConfig, j: int, step: int, i: int):
+    """:func:`_draw` keyed by (stage index, step, task index) alone (what the prefetcher submits)."""
+    return _draw(config, j, config.stages[j], step, i)
+
+
+def _next_keys(stage: Stage, j: int, step: int, i: int, n: int) -> list[tuple[int, int, int]]:
+    """The ``n`` batch keys that follow (j, step, i) within the stage, in training order."""
+    out: list[tuple[int, int, int]] = []
+    while len(out) < n:
+        i += 1
+        if i == stage.tasks_per_step:
+            step, i = step + 1, 0
+        if step >= stage.steps:
+            break
+        out.append((j, step, i))
+    return out
+
+
 def in_espirit_frame(batch):
     """``batch`` as deployment sees it: ESPIRiT maps Ŝ estimated from its undersampled k-space, and
     the target in their frame, x_Ŝ = Σ_c conj(Ŝ_c) S_c x (zero outside Ŝ's support)."""
@@ -436,7 +456,7 @@ def _truncate_log(log: Path, wall_s: float) -> None:
 def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *,
           checkpoint_every_s: float = 300.0, val_every_s: float = 900.0, log_every: int = 10,
           max_steps: int | None = None, handle_signals: bool = False,
-          progress: Callable[[dict], None] | None = None) -> State:
+          progress: Callable[[dict], None] | None = None, workers: int = 0) -> State:
     """Run (or resume) the curriculum until it ends, ``max_steps`` more steps, or a signal.
 
     Resumes from ``checkpoint`` when it exists: ``config`` must equal the stored one in
@@ -444,6 +464,8 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
     different recipe is a different run); stages not started yet may differ. Writes the checkpoint
     every ``checkpoint_every_s`` wall seconds, at each stage end and on exit; the
     log gets a ``baseline`` record when it has none, then ``train``/``val`` records.
+    ``workers`` > 0 processes make the coming steps' examples meanwhile (:mod:`mpcli.meta.prefetch`;
+    the same run, faster where cores are free).
     """
     checkpoint = Path(checkpoint)
     if checkpoint.exists():
@@ -504,78 +526,79 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
             rec["gap_to_cs_db"] = float(np.mean(vals) - base["cs_mean"])
         write(rec)
 
-    while state.stage < len(config.stages):
-        j = state.stage
-        stage = config.stages[j]
-        model = _stage_model(config, stage)
-        opt = torch.optim.Adam(_param_groups(theta, stage.lr, config.mu_lr_scale), lr=stage.lr)
-        if state.adam:
-            opt.load_state_dict(state.adam)
-        loss_fn = make_loss(config.loss)
-        inner_loss = make_loss(config.inner["loss"]) if stage.mode == "meta" else None
-        losses: list[float] = []
-        t_step = 0.0
-        while state.step < stage.steps:
-            if stop.flag or (max_steps is not None and done_here >= max_steps):
-                state.adam = opt.state_dict()
-                snapshot()
-                return state
-            t0 = time.perf_counter()
-            grads = {k: torch.zeros_like(v) for k, v in theta.items()}
-            total = 0.0
-            for i in range(stage.tasks_per_step):
-                batch = _draw(config, j, stage, state.step, i)
-                if stage.mode == "supervised":
-                    x_hat = bind(model, theta)(batch.y, batch.A)
-                    value = loss_fn(x_hat, batch.y, batch.A, None, batch.x)
-                    g = torch.autograd.grad(value, list(theta.values()), allow_unused=True)
-                    g = dict(zip(theta, g))
-                else:
-                    from mpcli.meta.batches import take
-                    from mpcli.meta.train import hypergradient
+    with Prefetcher(functools.partial(_draw_at, config), workers) as prefetch:
+        while state.stage < len(config.stages):
+            j = state.stage
+            stage = config.stages[j]
+            model = _stage_model(config, stage)
+            opt = torch.optim.Adam(_param_groups(theta, stage.lr, config.mu_lr_scale), lr=stage.lr)
+            if state.adam:
+                opt.load_state_dict(state.adam)
+            loss_fn = make_loss(config.loss)
+            inner_loss = make_loss(config.inner["loss"]) if stage.mode == "meta" else None
+            losses: list[float] = []
+            t_step = 0.0
+            while state.step < stage.steps:
+                if stop.flag or (max_steps is not None and done_here >= max_steps):
+                    state.adam = opt.state_dict()
+                    snapshot()
+                    return state
+                t0 = time.perf_counter()
+                grads = {k: torch.zeros_like(v) for k, v in theta.items()}
+                total = 0.0
+                for i in range(stage.tasks_per_step):
+                    batch = prefetch.get((j, state.step, i), _next_keys(stage, j, state.step, i, 2 * workers))
+                    if stage.mode == "supervised":
+                        x_hat = bind(model, theta)(batch.y, batch.A)
+                        value = loss_fn(x_hat, batch.y, batch.A, None, batch.x)
+                        g = torch.autograd.grad(value, list(theta.values()), allow_unused=True)
+                        g = dict(zip(theta, g))
+                    else:
+                        from mpcli.meta.batches import take
+                        from mpcli.meta.train import hypergradient
 
-                    n = stage.slices - stage.slices // 2
-                    reseed(inner_loss, derive_seed(config.seed, j, state.step, i, _INNER))
-                    g, value, _ = hypergradient(
-                        model, theta, take(batch, slice(0, n)), take(batch, slice(n, stage.slices)), inner_loss,
-                        loss_fn, steps=config.inner["steps"], lr=config.inner["lr"], lam=config.inner["lam"],
-                        optimizer=config.inner["optimizer"], first_order=config.inner["first_order"])
-                for k in grads:
-                    if g[k] is not None:
-                        grads[k] += g[k] / stage.tasks_per_step
-                total += float(value.detach()) / stage.tasks_per_step
-            norm = torch.sqrt(sum((v * v).sum() for v in grads.values()))
-            if math.isfinite(float(norm)) and math.isfinite(total):
-                scale = min(1.0, config.grad_clip / float(norm)) if config.grad_clip > 0 and float(norm) > 0 else 1.0
-                for k, p in theta.items():
-                    p.grad = grads[k] * scale
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            else:  # never let one bad example (NaN/inf loss or gradient) into θ or Adam's moments
-                write({"kind": "skipped", "stage": stage.name, "step": state.step,
-                       "loss": total if math.isfinite(total) else None, "wall_h": round(state.wall_s / 3600, 4)})
-            state.step += 1
-            done_here += 1
-            dt = time.perf_counter() - t0
-            state.wall_s += dt
-            t_step += dt
-            losses.append(total if math.isfinite(total) else float("nan"))
-            if len(losses) == log_every:
-                write({"kind": "train", "stage": stage.name, "step": state.step, "loss": float(np.nanmean(losses)),
-                       "s_per_step": round(t_step / log_every, 3), "wall_h": round(state.wall_s / 3600, 4)})
-                losses, t_step = [], 0.0
-            now = time.perf_counter()
-            if now - t_last_val >= val_every_s:
-                run_val(model, stage)
-                t_last_val = time.perf_counter()
-            if now - t_last_ckpt >= checkpoint_every_s:
-                state.adam = opt.state_dict()
-                snapshot()
-                t_last_ckpt = time.perf_counter()
-        run_val(model, stage)
-        state.stage, state.step, state.adam = j + 1, 0, {}
-        snapshot()
-    return state
+                        n = stage.slices - stage.slices // 2
+                        reseed(inner_loss, derive_seed(config.seed, j, state.step, i, _INNER))
+                        g, value, _ = hypergradient(
+                            model, theta, take(batch, slice(0, n)), take(batch, slice(n, stage.slices)), inner_loss,
+                            loss_fn, steps=config.inner["steps"], lr=config.inner["lr"], lam=config.inner["lam"],
+                            optimizer=config.inner["optimizer"], first_order=config.inner["first_order"])
+                    for k in grads:
+                        if g[k] is not None:
+                            grads[k] += g[k] / stage.tasks_per_step
+                    total += float(value.detach()) / stage.tasks_per_step
+                norm = torch.sqrt(sum((v * v).sum() for v in grads.values()))
+                if math.isfinite(float(norm)) and math.isfinite(total):
+                    scale = min(1.0, config.grad_clip / float(norm)) if config.grad_clip > 0 and float(norm) > 0 else 1.0
+                    for k, p in theta.items():
+                        p.grad = grads[k] * scale
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                else:  # never let one bad example (NaN/inf loss or gradient) into θ or Adam's moments
+                    write({"kind": "skipped", "stage": stage.name, "step": state.step,
+                           "loss": total if math.isfinite(total) else None, "wall_h": round(state.wall_s / 3600, 4)})
+                state.step += 1
+                done_here += 1
+                dt = time.perf_counter() - t0
+                state.wall_s += dt
+                t_step += dt
+                losses.append(total if math.isfinite(total) else float("nan"))
+                if len(losses) == log_every:
+                    write({"kind": "train", "stage": stage.name, "step": state.step, "loss": float(np.nanmean(losses)),
+                           "s_per_step": round(t_step / log_every, 3), "wall_h": round(state.wall_s / 3600, 4)})
+                    losses, t_step = [], 0.0
+                now = time.perf_counter()
+                if now - t_last_val >= val_every_s:
+                    run_val(model, stage)
+                    t_last_val = time.perf_counter()
+                if now - t_last_ckpt >= checkpoint_every_s:
+                    state.adam = opt.state_dict()
+                    snapshot()
+                    t_last_ckpt = time.perf_counter()
+            run_val(model, stage)
+            state.stage, state.step, state.adam = j + 1, 0, {}
+            snapshot()
+        return state
 
 
 def export_weights(checkpoint: Path, out: Path) -> str:
