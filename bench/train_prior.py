@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                          "differs only in stages not started yet and in stage lengths)")
     ap.add_argument("--stage-steps", action="append", default=[], metavar="NAME=N",
                     help="change a stage's length (e.g. k1=1500); allowed when resuming too")
-    ap.add_argument("--export", default=None, help="write the checkpoint's weights as an mp weight file and exit")
+    ap.add_argument("--export", default=None, help="write the checkpoint's weights as an mp weight file and exit "
+                                                   "(the averaged θ when the run keeps one)")
+    ap.add_argument("--raw", action="store_true", help="with --export: the last θ, not the average")
     ap.add_argument("--amend", action="store_true",
                     help="change the running recipe at the checkpoint's step to the code's default network "
                          "options, task family, loss and μ step size (logged as an 'amend' record), then continue")
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from mpcli.meta import curriculum as cur
 
     if a.export:
-        print(a.export, cur.export_weights(a.checkpoint, a.export))
+        print(a.export, cur.export_weights(a.checkpoint, a.export, averaged=not a.raw))
         return 0
     if a.amend:
         fresh = cur.default_curriculum(a.seed)
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = {k: v for k, v in fresh.network.items() if stored.network.get(k) != v}
         family = {k: v for k, v in fresh.tasks.items() if stored.tasks.get(k) != v}
         print("amended:", cur.amend(a.checkpoint, a.log, network=extra or None, loss=fresh.loss,
-                                    mu_lr_scale=fresh.mu_lr_scale, maps=fresh.maps, tasks=family or None),
+                                    mu_lr_scale=fresh.mu_lr_scale, maps=fresh.maps, tasks=family or None,
+                                    ema=fresh.ema),
               flush=True)
     if os.path.exists(a.checkpoint) and not a.recipe_from_code:  # resume the recipe the run started with
         _, config = cur.load_checkpoint(a.checkpoint)

@@ -59,6 +59,37 @@ def test_workers_make_the_same_run(tmp_path):
         assert torch.equal(ahead.theta[k], v), k
 
 
+def test_averaged_weights_follow_the_iterates_resume_exactly_and_are_exported(tmp_path):
+    """θ̄ starts at the first step's θ, then θ̄ ← d·θ̄ + (1 − d)·θ; it survives a resume bit for
+    bit, the log validates it too, and the export writes it (θ itself with ``averaged=False``)."""
+    from mpcli.io.weights import load_model
+
+    d = 0.9
+    config = dataclasses.replace(cur.tiny_curriculum(), ema=d)
+    ck = tmp_path / "ckpt.safetensors"
+    first = cur.train(config, ck, None, max_steps=1)
+    theta1 = {k: v.clone() for k, v in first.theta.items()}
+    assert all(torch.equal(first.ema[k], theta1[k]) for k in theta1)
+    second = cur.train(config, ck, None, max_steps=1)
+    for k, v in second.theta.items():
+        assert torch.allclose(second.ema[k], d * theta1[k] + (1 - d) * v, atol=1e-7), k
+    full = cur.train(config, tmp_path / "full.safetensors", tmp_path / "log.jsonl")
+    resumed = cur.train(config, ck, None)
+    for k in full.theta:
+        assert torch.equal(resumed.ema[k], full.ema[k]) and not torch.equal(full.ema[k], full.theta[k]), k
+    vals = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines() if '"val"' in x]
+    assert vals and all(len(r["psnr_ema"]) == len(config.val_tasks) for r in vals)
+    for averaged, want in ((True, full.ema), (False, full.theta)):
+        cur.export_weights(tmp_path / "full.safetensors", tmp_path / "w.safetensors", averaged=averaged)
+        model, meta = load_model(tmp_path / "w.safetensors")
+        assert meta["curriculum"]["averaged"] == (d if averaged else None)
+        for k, v in model.named_parameters():
+            assert torch.equal(v.detach(), want[k]), k
+    with pytest.raises(ValueError, match="ema"):
+        cur.amend(ck, None, ema=1.0)
+    assert cur.amend(ck, None, ema=0.5) == {"ema": 0.5}
+
+
 def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path):
     config = cur.tiny_curriculum()
     ck, log = tmp_path / "c.safetensors", tmp_path / "log.jsonl"
@@ -196,8 +227,9 @@ def test_amend_changes_the_task_family_from_the_next_step(tmp_path):
     assert cur.load_checkpoint(ck)[1].tasks == config.tasks
     changes = cur.amend(ck, log, tasks={"noise_rel": [0.01, 0.2], "noise_log": True})
     assert changes == {"tasks": {"noise_rel": [0.01, 0.2], "noise_log": True}}
-    _, cfg = cur.load_checkpoint(ck)
+    state, cfg = cur.load_checkpoint(ck)
     assert cfg.tasks["noise_rel"] == [0.01, 0.2] and cfg.tasks["sources"] == config.tasks["sources"]
+    assert state.adam["state"]  # the same parameters and loss: Adam's moments carry on
     assert json.loads(log.read_text().splitlines()[-1])["changes"] == changes
     cur.train(cfg, ck, log, max_steps=1)  # resumes with the amended family
 

@@ -107,8 +107,14 @@ class CurriculumConfig:
     # CPU; but where the maps are poor (bench/quality.py's R8 task, 5 ACS lines) the "true"-maps network
     # fell below zero-filling (14.2 vs 18.5 dB), so the committed run was amended to "espirit" at step ~1100.
     maps: str = "true"
+    # Polyak averaging: after each step θ̄ ← d·θ̄ + (1 − d)·θ (0 = off). At a constant step size the
+    # iterates wander around a minimum (the 20-coil validation task swung by up to 5.5 dB between
+    # checkpoints); their average is smoother, and it is what export_weights writes
+    ema: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.maps not in MAPS:
             raise ValueError(f"maps must be one of {', '.join(MAPS)}, got {self.maps!r}")
         self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
@@ -168,10 +174,11 @@ def default_curriculum(seed: int = 0) -> CurriculumConfig:
     # was 100× the stage's until step 1273, then 10×: μ had settled (0.021 → 0.004–0.005) but kept
     # wandering, and the 20-coil validation task swung by up to 4 dB between checkpoints. At kfull step 1663
     # the task family's noise moved from 0–3 % uniform to 0.3–20 % log-uniform: real scans measure 14–16 %
-    # (bench/noise_level.py), far outside what the network had seen
+    # (bench/noise_level.py), far outside what the network had seen. Averaging θ (ema, horizon ~200 steps)
+    # started at step ~1800
     return CurriculumConfig(network={**MODL_UNET, "adaptive_mu": True}, tasks=SCAN_TRAIN_FAMILY.to_config(),
                             stages=stages, val_tasks=default_validation_tasks(), seed=seed, loss="psnr",
-                            mu_lr_scale=10.0, maps="espirit")
+                            mu_lr_scale=10.0, maps="espirit", ema=0.995)
 
 
 def tiny_curriculum(seed: int = 0) -> CurriculumConfig:
@@ -202,6 +209,7 @@ class State:
     stage: int = 0
     step: int = 0  # steps done in the current stage
     wall_s: float = 0.0  # training wall-clock seconds so far (all sittings)
+    ema: Params = field(default_factory=dict)  # the averaged θ̄ (CurriculumConfig.ema), empty until it starts
 
 
 def save_checkpoint(path: Path, state: State, config: CurriculumConfig) -> None:
@@ -210,6 +218,7 @@ def save_checkpoint(path: Path, state: State, config: CurriculumConfig) -> None:
 
     names = list(state.theta)
     tensors = {f"theta/{k}": v.detach().cpu().contiguous() for k, v in state.theta.items()}
+    tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in state.ema.items()})
     for idx, s in state.adam.get("state", {}).items():
         for key, val in s.items():
             tensors[f"adam/{key}/{names[int(idx)]}"] = (val if torch.is_tensor(val) else torch.tensor(val)).cpu()
@@ -233,9 +242,10 @@ def load_checkpoint(path: Path) -> tuple[State, CurriculumConfig]:
     """Inverse of :func:`save_checkpoint`."""
     from mpcli.meta.train import read_checkpoint
 
-    meta, theta, opt_state, _ = read_checkpoint(path, FORMAT, "curriculum")
+    meta, theta, opt_state, tensors = read_checkpoint(path, FORMAT, "curriculum")
+    ema = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("ema/")}
     state = State(theta, opt_state if opt_state["param_groups"] else {},
-                  int(meta["stage"]), int(meta["step"]), float(meta["wall_s"]))
+                  int(meta["stage"]), int(meta["step"]), float(meta["wall_s"]), ema)
     return state, CurriculumConfig.from_dict(json.loads(meta["config"]))
 
 
@@ -324,6 +334,16 @@ def in_espirit_frame(batch):
     return Batch(target, batch.y, Sense(est, batch.A.mask))
 
 
+def _average(ema: Params, theta: Params, decay: float) -> None:
+    """θ̄ ← d·θ̄ + (1 − d)·θ in place; a parameter θ̄ lacks starts at θ."""
+    with torch.no_grad():
+        for k, v in theta.items():
+            if k in ema:
+                ema[k].mul_(decay).add_(v.detach(), alpha=1.0 - decay)
+            else:
+                ema[k] = v.detach().clone()
+
+
 def _stage_model(config: CurriculumConfig, stage: Stage):
     from mpcli.recon.network import build_network
 
@@ -340,16 +360,18 @@ def _param_groups(theta: Params, lr: float, mu_lr_scale: float) -> list[dict]:
 
 
 def amend(checkpoint: Path, log: Path | None, network: dict | None = None, loss: str | None = None,
-          mu_lr_scale: float | None = None, maps: str | None = None, tasks: dict | None = None) -> dict:
+          mu_lr_scale: float | None = None, maps: str | None = None, tasks: dict | None = None,
+          ema: float | None = None) -> dict:
     """Change a running curriculum's recipe at its current step, and say so in the log.
 
     ``network`` entries are added to the network configuration, ``tasks`` entries
     to the task family's (stages' own overrides still apply); parameters the
     amended network has and θ lacks take the network's initial values (MoDL's
-    ``mu_weights``: 0, i.e. the same function as before). Adam's state restarts
-    (its groups may change). The log gets an ``amend`` record with the
-    changes that differ from the stored recipe, so a learning curve shows where it changed.
-    Returns them.
+    ``mu_weights``: 0, i.e. the same function as before); ``ema`` starts (or changes) the
+    averaging of θ from the next step. Adam's state restarts when θ's parameters, their
+    step sizes or the loss change (its groups and gradient scale may), and is kept otherwise.
+    The log gets an ``amend`` record with the changes that differ from the stored recipe,
+    so a learning curve shows where it changed. Returns them.
     """
     from mpcli.recon.network import build_network
 
@@ -379,7 +401,11 @@ def amend(checkpoint: Path, log: Path | None, network: dict | None = None, loss:
         if maps not in MAPS:
             raise ValueError(f"maps must be one of {', '.join(MAPS)}, got {maps!r}")
         config.maps, changes["maps"] = maps, maps
-    state.adam = {}
+    if ema is not None and float(ema) != config.ema:
+        config.ema, changes["ema"] = float(ema), float(ema)
+        CurriculumConfig.from_dict(config.to_dict())  # ValueError on a bad decay
+    if changes.keys() & {"network", "mu_lr_scale", "loss"}:
+        state.adam = {}
     save_checkpoint(checkpoint, state, config)
     if log is not None:
         stage = config.stages[min(state.stage, len(config.stages) - 1)].name
@@ -524,6 +550,9 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
                "psnr": vals, "psnr_mean": float(np.mean(vals))}
         if base is not None:
             rec["gap_to_cs_db"] = float(np.mean(vals) - base["cs_mean"])
+        if state.ema:
+            ema = validate(model, state.ema, config, val_batches)
+            rec["psnr_ema"], rec["psnr_ema_mean"] = ema, float(np.mean(ema))
         write(rec)
 
     with Prefetcher(functools.partial(_draw_at, config), workers) as prefetch:
@@ -574,6 +603,8 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
                         p.grad = grads[k] * scale
                     opt.step()
                     opt.zero_grad(set_to_none=True)
+                    if config.ema:
+                        _average(state.ema, theta, config.ema)
                 else:  # never let one bad example (NaN/inf loss or gradient) into θ or Adam's moments
                     write({"kind": "skipped", "stage": stage.name, "step": state.step,
                            "loss": total if math.isfinite(total) else None, "wall_h": round(state.wall_s / 3600, 4)})
@@ -601,17 +632,22 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
         return state
 
 
-def export_weights(checkpoint: Path, out: Path) -> str:
-    """Write θ of a curriculum checkpoint as an ``mp`` weight file (full K); returns its SHA-256."""
+def export_weights(checkpoint: Path, out: Path, averaged: bool = True) -> str:
+    """Write a curriculum checkpoint's weights as an ``mp`` weight file (full K); returns its SHA-256.
+
+    The averaged θ̄ when the run keeps one (``CurriculumConfig.ema``) and ``averaged``, else θ.
+    """
     from mpcli import __version__
     from mpcli.io.weights import save_weights
 
     state, config = load_checkpoint(checkpoint)
+    use_ema = averaged and bool(state.ema) and set(state.ema) == set(state.theta)
     done = config.stages[: state.stage + 1]
     meta = {"arch": config.network["arch"], "config": config.network, "kind": "curriculum-prior",
             "mp_version": __version__,
             "curriculum": {"stage": done[-1].name if done else None, "step": state.step,
                            "wall_h": round(state.wall_s / 3600, 4), "loss": config.loss,
-                           "stages": [dataclasses.asdict(st) for st in done], "seed": config.seed},
+                           "stages": [dataclasses.asdict(st) for st in done], "seed": config.seed,
+                           "averaged": config.ema if use_ema else None},
             "data": {"family": config.tasks, "maps": config.maps, "val_tasks": config.val_tasks}}
-    return save_weights(out, state.theta, meta)
+    return save_weights(out, {k: state.ema[k] for k in state.theta} if use_ema else state.theta, meta)
