@@ -3,7 +3,8 @@
     python bench/plot_training.py train/prior_log.jsonl bench/results/prior_curve.png
 
 Reads the JSONL log of :mod:`mpcli.meta.curriculum` (``baseline``, ``train``, ``val``,
-``amend`` records); draws the network's mean validation PSNR (one colour per stage), the tuned
+``amend`` records); draws the network's mean validation PSNR (one colour per stage; the
+averaged θ̄ too where the run keeps one), the tuned
 L1-wavelet CS and zero-filled means as horizontal lines, where the recipe was amended, and
 the training loss below (L1 on a log axis; −PSNR dB on the right axis after an amend to it).
 Prints the last validation record and the per-step cost of each stage (median s/step).
@@ -31,6 +32,9 @@ def main(log: str, out: str) -> None:
     for stage in dict.fromkeys(r["stage"] for r in vals):
         pts = [(r["wall_h"], r["psnr_mean"]) for r in vals if r["stage"] == stage]
         ax.plot(*zip(*pts), "o-", label=f"network, stage {stage}")
+    averaged = [(r["wall_h"], r["psnr_ema_mean"]) for r in vals if "psnr_ema_mean" in r]
+    if averaged:
+        ax.plot(*zip(*averaged), "s--", color="tab:green", ms=4, label="averaged θ̄ (what is exported)")
     if base is not None:
         ax.axhline(base["cs_mean"], color="k", ls="--", label="L1-wavelet CS, λ tuned")
         ax.axhline(base["zf_mean"], color="grey", ls=":", label="zero-filled (Aᴴy)")
@@ -68,7 +72,8 @@ def main(log: str, out: str) -> None:
     if vals:
         last = vals[-1]
         print(f"last validation: stage {last['stage']} step {last['step']} at {last['wall_h']:.2f} h: "
-              f"{last['psnr_mean']:.2f} dB ({last.get('gap_to_cs_db', float('nan')):+.2f} dB vs CS)")
+              f"{last['psnr_mean']:.2f} dB ({last.get('gap_to_cs_db', float('nan')):+.2f} dB vs CS)"
+              + (f", averaged θ̄ {last['psnr_ema_mean']:.2f} dB" if "psnr_ema_mean" in last else ""))
     for stage in dict.fromkeys(r["stage"] for r in train):
         s = [r["s_per_step"] for r in train if r["stage"] == stage]
         print(f"stage {stage}: median {statistics.median(s):.2f} s/step over {len(s)} log records")

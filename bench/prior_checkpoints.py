@@ -7,6 +7,7 @@ support, against the truth in Ŝ's frame, Σ_c conj(Ŝ_c) S_c x — what a scan 
 network at deployment. Tuned L1-wavelet CS (λ best of ``CS_LAMBDAS`` on the truth, same
 maps and support) is the reference. ``--mu-scales`` also scores each checkpoint with its
 MoDL μ multiplied by each factor (how far the learned μ is from the best one per task).
+A checkpoint that keeps an averaged θ̄ (``CurriculumConfig.ema``) is scored with it too.
 ``--noise`` replaces every task's noise level (0.15: what ``bench/noise_level.py`` measures
 on the real scans; the validation tasks have 0.01).
 
@@ -71,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in a.checkpoints:
         state, cfg = cur.load_checkpoint(path)
         model = build_network(cfg.network)
-        for k in scales:
-            theta = dict(state.theta)
+        weights = [("", state.theta)] + ([(" θ̄", state.ema)] if set(state.ema) == set(state.theta) else [])
+        for (label, params), k in ((w, k) for w in weights for k in scales):
+            theta = dict(params)
             if k != 1.0:  # ρ' with softplus(ρ') = k·softplus(ρ): μ scaled for every scan
                 mu = torch.nn.functional.softplus(theta["rho_mu"]) * k
                 theta["rho_mu"] = mu + torch.log(-torch.expm1(-mu))
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 vals = [psnr(f(b.y, b.A) * sup, b.x) for _, b, sup in tasks]
             mean = sum(vals) / len(vals)
-            print(f"| {Path(path).name} | {state.step} | {k:g} | " + " | ".join(f"{v:.2f}" for v in vals)
+            print(f"| {Path(path).name}{label} | {state.step} | {k:g} | " + " | ".join(f"{v:.2f}" for v in vals)
                   + f" | {mean:.2f} | {mean - sum(cs) / len(cs):+.2f} |", flush=True)
     return 0 if all(math.isfinite(v) for v in cs) else 1
 
