@@ -30,7 +30,9 @@
 #    (dry-run this script's flow on a machine without CUDA: it then fails nothing for that).
 #
 # Budget: install ~0.5 min, GPU tests ~0.5 min, speed ~3-6 min (writing a 1 GB
-# [35, 15, 640, 368] file, 3 reconstruct commands × REPEATS, one adapt).
+# [35, 15, 640, 368] file, 3 reconstruct commands × REPEATS, one adapt), training
+# throughput ~1 min (TRAIN_TIMEOUT, default 240 s). Then, with the time left, the
+# curriculum itself: bench/train_prior.py --device cuda --amp --workers 8.
 
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -102,6 +104,12 @@ case $rc in
     124) echo "FAIL: speed benchmark ran past ${SPEED_TIMEOUT:-420} s"; status=1 ;;
     *) echo "FAIL: speed benchmark exited $rc"; status=1 ;;
 esac
+
+step "bench/train_throughput.py on CUDA (bfloat16 autocast; examples in place vs 8 workers)"
+if ! timeout "${TRAIN_TIMEOUT:-240}" $PY bench/train_throughput.py --device cuda --amp --workers 0,8 --steps 6; then
+    echo "FAIL: training throughput on CUDA"
+    status=1
+fi
 
 step "done: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
 return $status

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default="train/prior_ckpt.safetensors")
     ap.add_argument("--log", default="train/prior_log.jsonl")
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads (1 on a shared machine)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (CUDA when there is one)")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast for the training passes (GPU)")
     ap.add_argument("--workers", type=int, default=0,
                     help="processes that make the coming steps' examples meanwhile (one core each; same run)")
     ap.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
+    from mpcli.device import resolve_device
     from mpcli.meta import curriculum as cur
 
     if a.export:
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     state = cur.train(config, a.checkpoint, a.log, checkpoint_every_s=a.checkpoint_every,
                       val_every_s=a.val_every, max_steps=a.max_steps, handle_signals=True, progress=show,
-                      workers=a.workers)
+                      workers=a.workers, device=resolve_device(a.device), amp=a.amp)
     print(f"stopped at stage {state.stage} step {state.step}, {state.wall_s / 3600:.3f} h trained", flush=True)
     return 0
 

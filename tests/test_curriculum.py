@@ -90,6 +90,18 @@ def test_averaged_weights_follow_the_iterates_resume_exactly_and_are_exported(tm
     assert cur.amend(ck, None, ema=0.5) == {"ema": 0.5}
 
 
+def test_mixed_precision_trains_and_resumes_in_full_precision(tmp_path):
+    """``amp`` (bfloat16 autocast; CPU here, the GPU path in tests/test_gpu.py) trains to finite
+    weights that differ from full precision, and the checkpoint resumes without it."""
+    config = cur.tiny_curriculum()
+    ck = tmp_path / "ckpt.safetensors"
+    half = cur.train(config, ck, None, max_steps=2, amp=True)
+    full = cur.train(config, tmp_path / "f.safetensors", None, max_steps=2)
+    assert all(torch.isfinite(v).all() for v in half.theta.values())
+    assert any(not torch.equal(half.theta[k], full.theta[k]) for k in full.theta)
+    assert cur.train(config, ck, None).stage == len(config.stages)
+
+
 def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path):
     config = cur.tiny_curriculum()
     ck, log = tmp_path / "c.safetensors", tmp_path / "log.jsonl"

@@ -162,6 +162,24 @@ def test_device_auto_picks_cuda(scan_file, prior, tmp_path):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="a GPU is present: --device cuda is valid here")
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_curriculum_trains_on_cuda_with_workers_and_amp_and_resumes_on_cpu(tmp_path):
+    """The training script's GPU path (bench/train_prior.py --device cuda --amp --workers 2): θ,
+    Adam and θ̄ on the GPU, examples from worker processes; the checkpoint then resumes on the CPU."""
+    import dataclasses
+
+    from mpcli.meta import curriculum as cur
+
+    config = dataclasses.replace(cur.tiny_curriculum(), maps="espirit", ema=0.9)
+    ck = tmp_path / "ckpt.safetensors"
+    state = cur.train(config, ck, tmp_path / "log.jsonl", max_steps=3, workers=2, device="cuda", amp=True)
+    assert all(v.is_cuda and torch.isfinite(v).all() for v in state.theta.values())
+    assert all(v.is_cuda for v in state.ema.values())
+    done = cur.train(config, ck, tmp_path / "log.jsonl", device="cpu")
+    assert done.stage == len(config.stages) and not any(v.is_cuda for v in done.theta.values())
+
+
 def test_device_cuda_without_gpu_exits_6_with_one_line(scan_file, tmp_path):
     """Without a GPU, ``mp reconstruct --device cuda`` exits 6 with one line on stderr, nothing written."""
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", CUDA_VISIBLE_DEVICES="")

@@ -334,6 +334,27 @@ def in_espirit_frame(batch):
     return Batch(target, batch.y, Sense(est, batch.A.mask))
 
 
+def _gradient(config: CurriculumConfig, j: int, stage: Stage, step: int, i: int, model, theta: Params, batch,
+              loss_fn, inner_loss) -> tuple[dict, torch.Tensor]:
+    """(∂L/∂θ per parameter (None where unused), L) of one task's batch at ``step`` of stage j:
+    the supervised loss of f_θ, or the meta stage's first-order hypergradient (support = the
+    first half of the slices, query = the rest)."""
+    if stage.mode == "supervised":
+        x_hat = bind(model, theta)(batch.y, batch.A)
+        value = loss_fn(x_hat, batch.y, batch.A, None, batch.x)
+        return dict(zip(theta, torch.autograd.grad(value, list(theta.values()), allow_unused=True))), value
+    from mpcli.meta.batches import take
+    from mpcli.meta.train import hypergradient
+
+    n = stage.slices - stage.slices // 2
+    reseed(inner_loss, derive_seed(config.seed, j, step, i, _INNER))
+    g, value, _ = hypergradient(
+        model, theta, take(batch, slice(0, n)), take(batch, slice(n, stage.slices)), inner_loss,
+        loss_fn, steps=config.inner["steps"], lr=config.inner["lr"], lam=config.inner["lam"],
+        optimizer=config.inner["optimizer"], first_order=config.inner["first_order"])
+    return g, value
+
+
 def _average(ema: Params, theta: Params, decay: float) -> None:
     """θ̄ ← d·θ̄ + (1 − d)·θ in place; a parameter θ̄ lacks starts at θ."""
     with torch.no_grad():
@@ -482,7 +503,8 @@ def _truncate_log(log: Path, wall_s: float) -> None:
 def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *,
           checkpoint_every_s: float = 300.0, val_every_s: float = 900.0, log_every: int = 10,
           max_steps: int | None = None, handle_signals: bool = False,
-          progress: Callable[[dict], None] | None = None, workers: int = 0) -> State:
+          progress: Callable[[dict], None] | None = None, workers: int = 0,
+          device: str | torch.device = "cpu", amp: bool = False) -> State:
     """Run (or resume) the curriculum until it ends, ``max_steps`` more steps, or a signal.
 
     Resumes from ``checkpoint`` when it exists: ``config`` must equal the stored one in
@@ -491,8 +513,14 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
     every ``checkpoint_every_s`` wall seconds, at each stage end and on exit; the
     log gets a ``baseline`` record when it has none, then ``train``/``val`` records.
     ``workers`` > 0 processes make the coming steps' examples meanwhile (:mod:`mpcli.meta.prefetch`;
-    the same run, faster where cores are free).
+    the same run, faster where cores are free). θ, Adam and the examples live on ``device``
+    (examples are made on the CPU); ``amp`` runs the training forward and backward passes
+    under bfloat16 autocast (the convolutions; FFTs and CG stay in single precision).
+    Validation runs in full precision. Resumption is bit-for-bit on the same device and threads.
     """
+    from mpcli.meta.batches import to_device
+
+    device = torch.device(device)
     checkpoint = Path(checkpoint)
     if checkpoint.exists():
         state, saved = load_checkpoint(checkpoint)
@@ -524,7 +552,7 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
     stop = _Stop()
     if handle_signals:
         stop.install()
-    val_batches = _val_batches(config) if config.val_tasks else []
+    val_batches = [to_device(b, device) for b in _val_batches(config)] if config.val_tasks else []
     if logf is not None and not has_base and val_batches:
         base = baseline(config)
         write({**base, "wall_h": round(state.wall_s / 3600, 4)})
@@ -532,7 +560,8 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
         base = next(json.loads(ln) for ln in logf.read_text().splitlines()
                     if ln.strip() and json.loads(ln).get("kind") == "baseline")
 
-    theta = {k: v.detach().clone().requires_grad_(True) for k, v in state.theta.items()}
+    theta = {k: v.detach().to(device).clone().requires_grad_(True) for k, v in state.theta.items()}
+    state.ema = {k: v.to(device) for k, v in state.ema.items()}
     theta = {**{k: v for k, v in theta.items() if k not in MU_PARAMS},  # μ last: Adam's groups keep θ's order
              **{k: v for k, v in theta.items() if k in MU_PARAMS}}
     done_here = 0
@@ -559,7 +588,7 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
         while state.stage < len(config.stages):
             j = state.stage
             stage = config.stages[j]
-            model = _stage_model(config, stage)
+            model = _stage_model(config, stage).to(device)
             opt = torch.optim.Adam(_param_groups(theta, stage.lr, config.mu_lr_scale), lr=stage.lr)
             if state.adam:
                 opt.load_state_dict(state.adam)
@@ -577,21 +606,9 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
                 total = 0.0
                 for i in range(stage.tasks_per_step):
                     batch = prefetch.get((j, state.step, i), _next_keys(stage, j, state.step, i, 2 * workers))
-                    if stage.mode == "supervised":
-                        x_hat = bind(model, theta)(batch.y, batch.A)
-                        value = loss_fn(x_hat, batch.y, batch.A, None, batch.x)
-                        g = torch.autograd.grad(value, list(theta.values()), allow_unused=True)
-                        g = dict(zip(theta, g))
-                    else:
-                        from mpcli.meta.batches import take
-                        from mpcli.meta.train import hypergradient
-
-                        n = stage.slices - stage.slices // 2
-                        reseed(inner_loss, derive_seed(config.seed, j, state.step, i, _INNER))
-                        g, value, _ = hypergradient(
-                            model, theta, take(batch, slice(0, n)), take(batch, slice(n, stage.slices)), inner_loss,
-                            loss_fn, steps=config.inner["steps"], lr=config.inner["lr"], lam=config.inner["lam"],
-                            optimizer=config.inner["optimizer"], first_order=config.inner["first_order"])
+                    batch = to_device(batch, device)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        g, value = _gradient(config, j, stage, state.step, i, model, theta, batch, loss_fn, inner_loss)
                     for k in grads:
                         if g[k] is not None:
                             grads[k] += g[k] / stage.tasks_per_step

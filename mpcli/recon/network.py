@@ -82,7 +82,9 @@ def complex_to_channels(x: torch.Tensor) -> torch.Tensor:
 
 
 def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
-    """``[B, 2, H, W]`` real → ``[B, H, W]`` complex."""
+    """``[B, 2, H, W]`` real → ``[B, H, W]`` complex (half precision, from autocast, → complex64)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
     return torch.complex(x[:, 0], x[:, 1])  # [B, H, W]
 
 
