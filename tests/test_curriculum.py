@@ -281,3 +281,27 @@ def test_a_non_finite_step_is_skipped_and_logged(tmp_path, monkeypatch):
     recs = [json.loads(line) for line in log.read_text().splitlines()]
     skipped = [r for r in recs if r["kind"] == "skipped"]
     assert len(skipped) == 2 and skipped[0]["loss"] is None
+
+
+def test_an_example_that_cannot_be_made_is_skipped_and_logged(tmp_path, monkeypatch):
+    """A ValueError while making an example (sigpy's Poisson search stopped the committed run once)
+    costs that example, logged with its reason: the step trains on the others; with none, θ stays."""
+    config = dataclasses.replace(cur.tiny_curriculum(), val_tasks=[])
+    real = cur._draw_at
+
+    def failing(cfg, j, step, i):
+        if i == 0 or step == 1:
+            raise ValueError(f"cannot make example {step}/{i}")
+        return real(cfg, j, step, i)
+
+    monkeypatch.setattr(cur, "_draw_at", failing)
+    start = cur.initial_state(config).theta
+    log = tmp_path / "log.jsonl"
+    one = cur.train(config, tmp_path / "c.safetensors", log, max_steps=1)  # step 0: task 1 only
+    assert any(not torch.equal(one.theta[k], start[k]) for k in start)
+    after_one = {k: v.clone() for k, v in one.theta.items()}
+    two = cur.train(config, tmp_path / "c.safetensors", log, max_steps=1)  # step 1: nothing made
+    assert all(torch.equal(two.theta[k], after_one[k]) for k in after_one) and two.step == 2
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    reasons = [r["reason"] for r in recs if r["kind"] == "skipped" and "reason" in r]
+    assert reasons == ["cannot make example 0/0", "cannot make example 1/0", "cannot make example 1/1"]

@@ -603,9 +603,15 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
                     return state
                 t0 = time.perf_counter()
                 grads = {k: torch.zeros_like(v) for k, v in theta.items()}
-                total = 0.0
+                total, made = 0.0, 0
                 for i in range(stage.tasks_per_step):
-                    batch = prefetch.get((j, state.step, i), _next_keys(stage, j, state.step, i, 2 * workers))
+                    try:
+                        batch = prefetch.get((j, state.step, i), _next_keys(stage, j, state.step, i, 2 * workers))
+                    except ValueError as err:  # an example the simulation cannot make: one lost, not the run
+                        write({"kind": "skipped", "stage": stage.name, "step": state.step, "task": i,
+                               "reason": str(err), "wall_h": round(state.wall_s / 3600, 4)})
+                        continue
+                    made += 1
                     batch = to_device(batch, device)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                         g, value = _gradient(config, j, stage, state.step, i, model, theta, batch, loss_fn, inner_loss)
@@ -613,8 +619,13 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
                         if g[k] is not None:
                             grads[k] += g[k] / stage.tasks_per_step
                     total += float(value.detach()) / stage.tasks_per_step
+                if 0 < made < stage.tasks_per_step:  # the mean over the examples made
+                    grads = {k: v * (stage.tasks_per_step / made) for k, v in grads.items()}
+                    total *= stage.tasks_per_step / made
                 norm = torch.sqrt(sum((v * v).sum() for v in grads.values()))
-                if math.isfinite(float(norm)) and math.isfinite(total):
+                if not made:
+                    total = math.nan
+                elif math.isfinite(float(norm)) and math.isfinite(total):
                     scale = min(1.0, config.grad_clip / float(norm)) if config.grad_clip > 0 and float(norm) > 0 else 1.0
                     for k, p in theta.items():
                         p.grad = grads[k] * scale

@@ -230,7 +230,13 @@ class PoissonMaskFunc(MaskFunc):
     A call returns ``(mask [1, 1, H, W] float32, c)`` with a fully sampled
     c × c calibration square, c = round(W·cf); sigpy searches the density so the
     acceleration H·W/|mask| is within 0.1 of R (corners are not sampled).
+    sigpy's search fails for a few seeds (256×208, R = 5, c = 20 at one seed in
+    the committed training run, which it stopped); the draw is then repeated
+    with the next of ``ATTEMPTS`` seeds derived from the first, so the mask is
+    still a function of the seed.
     """
+
+    ATTEMPTS = 8
 
     def sample_mask(self, shape, offset):
         import sigpy.mri
@@ -239,11 +245,14 @@ class PoissonMaskFunc(MaskFunc):
         center_fraction, acceleration = self.choose_acceleration()
         calib = round(w * center_fraction)
         sub_seed = int(self.rng.randint(0, 2**31 - 1))
-        try:
-            m = sigpy.mri.poisson((h, w), float(acceleration), calib=(calib, calib),
-                                  dtype=np.float32, seed=sub_seed)
-        except ValueError as err:
-            raise ValueError(f"Poisson-disc mask {h}×{w} at R={acceleration}: {err}") from None
+        for attempt in range(self.ATTEMPTS):
+            try:
+                m = sigpy.mri.poisson((h, w), float(acceleration), calib=(calib, calib),
+                                      dtype=np.float32, seed=(sub_seed + 7919 * attempt) % 2**31)
+                break
+            except ValueError as err:
+                if attempt == self.ATTEMPTS - 1:
+                    raise ValueError(f"Poisson-disc mask {h}×{w} at R={acceleration}: {err}") from None
         mask = torch.from_numpy(np.ascontiguousarray(m.real, dtype=np.float32)).reshape(1, 1, h, w)
         return mask, torch.zeros_like(mask), calib
 
