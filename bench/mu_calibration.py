@@ -162,6 +162,10 @@ def main() -> None:
     which = "θ̄" if theta is state.ema else "θ"
     print(f"# Per-scan μ of {Path(a.checkpoint).name} ({which}, stage {stage.name} step {state.step}), "
           f"{a.tasks} training-family tasks, 2 slices each\n")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import common
+
+    print(common.machine(torch.device("cpu")) + "\n")
     print(f"learned: ρ = {float(theta['rho_mu']):.3f}, w = {[round(float(v), 3) for v in theta['mu_weights']]}")
     print(f"fitted on {a.tasks - a.tasks // 3} tasks: ρ = {cal.rho:.3f}, w = {[round(v, 3) for v in cal.w]}\n")
     print("| held-out tasks | learned μ | fitted rule | each task's best μ |")
