@@ -71,6 +71,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/adapt_what.py
 	-$(BIN)/python bench/real_data.py  # needs ../shared/data/real (research licence, not shipped)
 	$(BIN)/python bench/prior_checkpoints.py train/prior_ckpt.safetensors
+	$(BIN)/python bench/prior_checkpoints.py train/prior_ckpt.safetensors --noise 0.15
+	$(BIN)/python bench/mu_calibration.py train/prior_ckpt.safetensors
+	$(BIN)/python bench/noise_level.py
+	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/step_cost.py
 	$(BIN)/python bench/site_prior.py
 	$(BIN)/python bench/speed.py --repeats 1
