@@ -4,7 +4,7 @@
 
 Reads the JSONL log of :mod:`mpcli.meta.curriculum` (``baseline``, ``train``, ``val``,
 ``amend`` records); draws the network's mean validation PSNR (one colour per stage; the
-averaged θ̄ too where the run keeps one), the tuned
+averaged θ̄ too where the run keeps one; each validation frame apart), the tuned
 L1-wavelet CS and zero-filled means as horizontal lines, where the recipe was amended, and
 the training loss below (L1 on a log axis; −PSNR dB on the right axis after an amend to it).
 Prints the last validation record and the per-step cost of each stage (median s/step).
@@ -25,19 +25,29 @@ def main(log: str, out: str) -> None:
     import matplotlib.pyplot as plt
 
     recs = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
-    base = next((r for r in recs if r["kind"] == "baseline"), None)
+    bases = [r for r in recs if r["kind"] == "baseline"]
     vals = [r for r in recs if r["kind"] == "val"]
+    frames = list(dict.fromkeys(r.get("frame", "true") for r in vals))
     train = [r for r in recs if r["kind"] == "train"]
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(2, 1))
     for stage in dict.fromkeys(r["stage"] for r in vals):
-        pts = [(r["wall_h"], r["psnr_mean"]) for r in vals if r["stage"] == stage]
-        ax.plot(*zip(*pts), "o-", label=f"network, stage {stage}")
-    averaged = [(r["wall_h"], r["psnr_ema_mean"]) for r in vals if "psnr_ema_mean" in r]
-    if averaged:
-        ax.plot(*zip(*averaged), "s--", color="tab:green", ms=4, label="averaged θ̄ (what is exported)")
-    if base is not None:
-        ax.axhline(base["cs_mean"], color="k", ls="--", label="L1-wavelet CS, λ tuned")
-        ax.axhline(base["zf_mean"], color="grey", ls=":", label="zero-filled (Aᴴy)")
+        for frame in frames:
+            pts = [(r["wall_h"], r["psnr_mean"]) for r in vals if r["stage"] == stage and r.get("frame", "true") == frame]
+            if pts:
+                where = f", {frame} maps" if len(frames) > 1 else ""
+                ax.plot(*zip(*pts), "o-" if frame == "true" else "D-", label=f"network, stage {stage}{where}")
+    for i, frame in enumerate(frames):
+        averaged = [(r["wall_h"], r["psnr_ema_mean"]) for r in vals
+                    if "psnr_ema_mean" in r and r.get("frame", "true") == frame]
+        if averaged:
+            ax.plot(*zip(*averaged), "s--", color="tab:green", ms=4,
+                    label="averaged θ̄ (what is exported)" if i == 0 else None)
+    end = max([r["wall_h"] for r in recs if "wall_h" in r] or [1.0])
+    for i, b in enumerate(bases):  # each baseline holds until the next one (a change of frame)
+        x0, x1 = b.get("wall_h", 0.0) if i else 0.0, bases[i + 1]["wall_h"] if i + 1 < len(bases) else end
+        where = f" ({b.get('frame', 'true')} maps)" if len(bases) > 1 else ""
+        ax.hlines(b["cs_mean"], x0, x1, color="k", ls="--", label=f"L1-wavelet CS, λ tuned{where}")
+        ax.hlines(b["zf_mean"], x0, x1, color="grey", ls=":", label=f"zero-filled (Aᴴy){where}" if i == 0 else None)
     ax.set_ylabel("validation PSNR (dB), mean of tasks")
     ax.legend(fontsize=8)
     ax.set_title("scan-like prior: held-out validation anatomy")

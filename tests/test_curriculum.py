@@ -305,3 +305,26 @@ def test_an_example_that_cannot_be_made_is_skipped_and_logged(tmp_path, monkeypa
     recs = [json.loads(line) for line in log.read_text().splitlines()]
     reasons = [r["reason"] for r in recs if r["kind"] == "skipped" and "reason" in r]
     assert reasons == ["cannot make example 0/0", "cannot make example 1/0", "cannot make example 1/1"]
+
+
+def test_validation_follows_the_training_frame_with_its_own_baseline(tmp_path):
+    """With ESPIRiT maps the log validates in their frame (as deployed, PSNR inside the support) and
+    its CS baseline is computed there; a run moved to that frame gets a new baseline record."""
+    config = cur.tiny_curriculum()
+    ck, log = tmp_path / "c.safetensors", tmp_path / "log.jsonl"
+    cur.train(config, ck, log, max_steps=1)
+    cur.amend(ck, log, maps="espirit")
+    _, amended = cur.load_checkpoint(ck)
+    cur.train(amended, ck, log, max_steps=2)
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    bases = [r for r in recs if r["kind"] == "baseline"]
+    assert [b["frame"] for b in bases] == ["true", "espirit"]
+    fresh = cur.baseline(amended)  # the same numbers, up to the CS solver's last digits
+    assert bases[1]["cs_mean"] == pytest.approx(fresh["cs_mean"], abs=0.01)
+    assert bases[1]["zf_mean"] == pytest.approx(fresh["zf_mean"], abs=0.01)
+    assert bases[1]["cs_mean"] != pytest.approx(bases[0]["cs_mean"], abs=0.01)  # another frame
+    vals = [r for r in recs if r["kind"] == "val"]
+    assert vals and vals[-1]["frame"] == "espirit"
+    assert vals[-1]["gap_to_cs_db"] == pytest.approx(vals[-1]["psnr_mean"] - bases[1]["cs_mean"])
+    cur.train(amended, ck, log, max_steps=1)  # resumed in the same frame: no third baseline
+    assert sum(json.loads(x)["kind"] == "baseline" for x in log.read_text().splitlines()) == 2

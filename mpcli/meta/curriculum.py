@@ -23,12 +23,16 @@ The checkpoint is ONE safetensors file, overwritten atomically: θ, Adam's momen
 seconds trained so far and the whole configuration (no pickle).
 
 Validation: fixed tasks on anatomy the curriculum never trains on (the
-validation-only ITK head and MNI contrasts). The log (JSONL) starts with a
-``baseline`` record — PSNR of zero-filling and of L1-wavelet CS with the true
-maps and λ tuned on the reference (best of ``CS_LAMBDAS``) per validation task —
-then ``train`` records (mean loss over ``log_every`` steps) and ``val`` records
-(the network's PSNR per task, its mean and the mean gap to CS in dB), each with
-``wall_h``, the training wall-clock hours so far.
+validation-only ITK head and MNI contrasts), in the frame the network is trained
+in (``frame`` = ``maps``: the simulation's true maps, or ESPIRiT maps estimated from
+the undersampled data with the target in their frame and PSNR inside their
+support, as deployed). The log (JSONL) starts with a ``baseline`` record — PSNR of
+zero-filling and of L1-wavelet CS with the same maps and λ tuned on the reference
+(best of ``CS_LAMBDAS``) per validation task — then ``train`` records (mean loss
+over ``log_every`` steps) and ``val`` records (the network's PSNR per task, its
+mean and the mean gap to CS in dB), each with ``wall_h``, the training wall-clock
+hours so far. A run resumed in another frame (an amended ``maps``) gets a new
+baseline record first.
 """
 
 from __future__ import annotations
@@ -265,33 +269,45 @@ def _family(config: CurriculumConfig, stage: Stage):
 
 
 def _val_batches(config: CurriculumConfig) -> list:
+    """The validation tasks' batches in the frame the network trains in (``config.maps``): with
+    "espirit", maps estimated from the undersampled data and the target in their frame, as deployed."""
     from mpcli.data.tasks import Task
 
-    return [Task.from_dict(d).sample(config.val_slices, 0) for d in config.val_tasks]
+    batches = [Task.from_dict(d).sample(config.val_slices, 0) for d in config.val_tasks]
+    return [in_espirit_frame(b) for b in batches] if config.maps == "espirit" else batches
 
 
-def baseline(config: CurriculumConfig) -> dict:
-    """Zero-filled and tuned L1-wavelet CS PSNR on the validation tasks (true maps)."""
+def _scored(x_hat: torch.Tensor, batch, config: CurriculumConfig) -> float:
+    """Mean PSNR of ``x_hat`` against the batch's target; in the ESPIRiT frame inside the maps'
+    support, where the target lives (outside it A is blind)."""
+    if config.maps == "espirit":
+        x_hat = x_hat * (batch.A.maps.abs().pow(2).sum(1) > 0).to(x_hat.real.dtype)
+    return float(psnr(x_hat, batch.x).mean())
+
+
+def baseline(config: CurriculumConfig, batches: list | None = None) -> dict:
+    """Zero-filled and tuned L1-wavelet CS PSNR on the validation tasks, in the validation frame
+    (``frame``: the maps the network is given, ``config.maps``)."""
     from mpcli.recon.classical import l1_wavelet
 
     zf, cs, lam_best = [], [], []
-    for b in _val_batches(config):
-        zf.append(float(psnr(b.A.adjoint(b.y), b.x).mean()))
+    for b in batches if batches is not None else _val_batches(config):
+        zf.append(_scored(b.A.adjoint(b.y), b, config))
         best = (-math.inf, None)
         for lam in CS_LAMBDAS:
             x = l1_wavelet(b.y, b.A.maps, b.A.mask, lam)
-            best = max(best, (float(psnr(x, b.x).mean()), lam))
+            best = max(best, (_scored(x, b, config), lam))
         cs.append(best[0])
         lam_best.append(best[1])
-    return {"kind": "baseline", "zf_psnr": zf, "cs_psnr": cs, "cs_lambda": lam_best,
+    return {"kind": "baseline", "frame": config.maps, "zf_psnr": zf, "cs_psnr": cs, "cs_lambda": lam_best,
             "cs_mean": float(np.mean(cs)), "zf_mean": float(np.mean(zf))}
 
 
 def validate(model, theta: Params, config: CurriculumConfig, batches: list) -> list[float]:
-    """The network's mean PSNR per validation task (unadapted θ)."""
+    """The network's mean PSNR per validation task (unadapted θ), in the validation frame."""
     f = bind(model, {k: v.detach() for k, v in theta.items()})
     with torch.no_grad():
-        return [float(psnr(f(b.y, b.A), b.x).mean()) for b in batches]
+        return [_scored(f(b.y, b.A), b, config) for b in batches]
 
 
 def _draw(config: CurriculumConfig, j: int, stage: Stage, step: int, i: int):
@@ -536,11 +552,14 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
     if logf is not None:
         try:
             logf.parent.mkdir(parents=True, exist_ok=True)
-            has_base = logf.exists() and any(json.loads(ln).get("kind") == "baseline"
-                                             for ln in logf.read_text().splitlines() if ln.strip())
+            # the latest baseline in this run's validation frame (a log from before frames says "true")
+            base = next((r for r in reversed([json.loads(ln) for ln in logf.read_text().splitlines()
+                                              if ln.strip()] if logf.exists() else [])
+                         if r.get("kind") == "baseline" and r.get("frame", "true") == config.maps), None)
         except (OSError, json.JSONDecodeError) as err:
             raise InputError(logf, f"cannot read log: {err}") from None
-    base = None
+    else:
+        base = None
 
     def write(rec: dict) -> None:
         if progress is not None:
@@ -552,13 +571,11 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
     stop = _Stop()
     if handle_signals:
         stop.install()
-    val_batches = [to_device(b, device) for b in _val_batches(config)] if config.val_tasks else []
-    if logf is not None and not has_base and val_batches:
-        base = baseline(config)
+    val_cpu = _val_batches(config) if config.val_tasks else []
+    val_batches = [to_device(b, device) for b in val_cpu]
+    if logf is not None and base is None and val_batches:
+        base = baseline(config, val_cpu)
         write({**base, "wall_h": round(state.wall_s / 3600, 4)})
-    elif logf is not None and val_batches:
-        base = next(json.loads(ln) for ln in logf.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("kind") == "baseline")
 
     theta = {k: v.detach().to(device).clone().requires_grad_(True) for k, v in state.theta.items()}
     state.ema = {k: v.to(device) for k, v in state.ema.items()}
@@ -576,7 +593,7 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
             return
         vals = validate(model, theta, config, val_batches)
         rec = {"kind": "val", "stage": stage.name, "step": state.step, "wall_h": round(state.wall_s / 3600, 4),
-               "psnr": vals, "psnr_mean": float(np.mean(vals))}
+               "frame": config.maps, "psnr": vals, "psnr_mean": float(np.mean(vals))}
         if base is not None:
             rec["gap_to_cs_db"] = float(np.mean(vals) - base["cs_mean"])
         if state.ema:
