@@ -133,8 +133,8 @@ def noise_level(kspace: torch.Tensor, acquired: torch.Tensor, region: int = CALI
     noise_rel 0.01 as 0.011–0.014 and 0.15 as 0.16–0.18 (``bench/noise_level.py``); without
     noise, dead leaves' sharp edges read ≤ 0.012 with 4 coils (more at 96²: few coils and a
     small kernel leave little null space; ``tests/test_coils.py``).
-    It needs L ≥ n/2 (enough windows to see the null space): true for line masks with 8 or
-    more ACS lines; 2-D masks with a small calibration square return None.
+    It needs L ≥ n/2 (enough windows to see the null space): true for the line masks measured
+    (8 % centre at 256², ~20 lines); 2-D masks with a small calibration square return None.
 
     Args: ``kspace`` ``[C, H, W]``, ``acquired`` ``[H, W]`` bool. σ̂ is in ``kspace``'s units.
     """
