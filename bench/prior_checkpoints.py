@@ -19,6 +19,7 @@ on the real scans; the validation tasks have 0.01).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -29,23 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpcli.data.tasks import Task
 from mpcli.meta import curriculum as cur
-from mpcli.meta.functional import bind
-from mpcli.recon.classical import l1_wavelet
 from mpcli.recon.network import build_network
-
-
-def deployment_batches(val_tasks: list[dict], slices: int) -> list:
-    """(task, batch in the ESPIRiT frame, support ``[S, H, W]``) per validation task."""
-    out = []
-    for d in val_tasks:
-        task = Task.from_dict(d)
-        b = cur.in_espirit_frame(task.sample(slices, 0))
-        out.append((task, b, (b.A.maps.abs().pow(2).sum(1) > 0).to(torch.float32)))
-    return out
-
-
-def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
-    return float(cur.psnr(x_hat, x).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     scales = [float(v) for v in a.mu_scales.split(",")]
     _, config = cur.load_checkpoint(a.checkpoints[0])
     val_tasks = [{**t, "noise_rel": a.noise} if a.noise is not None else t for t in config.val_tasks]
-    tasks = deployment_batches(val_tasks, config.val_slices)
-    cs = [max(psnr(l1_wavelet(b.y, b.A.maps, b.A.mask, lam) * sup, b.x) for lam in cur.CS_LAMBDAS)
-          for _, b, sup in tasks]
-    names = [f"{t.mask_kind} R{t.acceleration:g} {t.n_coils}c {t.size[0]}x{t.size[1]}" for t, _, _ in tasks]
+    frame = dataclasses.replace(config, val_tasks=val_tasks, maps="espirit")  # the deployment frame
+    batches = cur._val_batches(frame)
+    cs = cur.baseline(frame, batches)["cs_psnr"]
+    tasks = [Task.from_dict(d) for d in val_tasks]
+    names = [f"{t.mask_kind} R{t.acceleration:g} {t.n_coils}c {t.size[0]}x{t.size[1]}" for t in tasks]
     noise = f", noise_rel {a.noise:g}" if a.noise is not None else ""
     print(f"# Curriculum checkpoints, validation tasks with ESPIRiT maps (PSNR dB, {config.val_slices} slices each"
           f"{noise})\n")
@@ -78,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             if k != 1.0:  # ρ' with softplus(ρ') = k·softplus(ρ): μ scaled for every scan
                 mu = torch.nn.functional.softplus(theta["rho_mu"]) * k
                 theta["rho_mu"] = mu + torch.log(-torch.expm1(-mu))
-            f = bind(model, theta)
-            with torch.no_grad():
-                vals = [psnr(f(b.y, b.A) * sup, b.x) for _, b, sup in tasks]
+            vals = cur.validate(model, theta, frame, batches)
             mean = sum(vals) / len(vals)
             print(f"| {Path(path).name}{label} | {state.step} | {k:g} | " + " | ".join(f"{v:.2f}" for v in vals)
                   + f" | {mean:.2f} | {mean - sum(cs) / len(cs):+.2f} |", flush=True)
