@@ -53,22 +53,18 @@ def _softplus_inv(mu: torch.Tensor) -> torch.Tensor:
     return mu + torch.log(-torch.expm1(-mu))
 
 
-def _psnr(x_hat: torch.Tensor, x: torch.Tensor, support: torch.Tensor) -> float:
-    from mpcli.meta.curriculum import psnr
-
-    return float(psnr(x_hat * support, x).mean())
-
-
-def task_curve(model, theta: Params, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def task_curve(model, theta: Params, batch, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(φ ``[3]`` mean over the batch, z ``[B]``, PSNR ``[len(SCALES)]``) of f_θ on ``batch``
-    (``y`` ``[B, C, H, W]``, target ``x`` in the maps' frame) with μ scaled by each of :data:`SCALES`."""
+    (``y`` ``[B, C, H, W]``, target ``x`` in the frame of the curriculum ``config``, scored as its
+    validation scores) with μ scaled by each of :data:`SCALES`."""
+    from mpcli.meta.batches import take
+    from mpcli.meta.curriculum import _scored
     from mpcli.recon.network import acquisition_features, robust_scale
 
     with torch.no_grad():
         s = robust_scale(batch.A.adjoint(batch.y))
         phi = acquisition_features(batch.y / s[:, None], batch.A)  # [B, 3]
         z = theta["rho_mu"] + phi @ theta["mu_weights"]  # [B]
-        support = (batch.A.maps.abs().pow(2).sum(1) > 0).to(torch.float32)  # [B, H, W]
         curve = []
         for k in SCALES:
             scaled = _softplus_inv(k * F.softplus(z))  # [B]: the pre-activation of k·μ_b
@@ -76,17 +72,10 @@ def task_curve(model, theta: Params, batch) -> tuple[np.ndarray, np.ndarray, np.
             vals = []  # slice by slice, μ fixed through ρ' = scaled_b, w' = 0
             for b in range(batch.y.shape[0]):
                 th["rho_mu"], th["mu_weights"] = scaled[b], torch.zeros_like(theta["mu_weights"])
-                x_hat = bind(model, th)(batch.y[b:b + 1], _slice_op(batch.A, b))
-                vals.append(_psnr(x_hat, batch.x[b:b + 1], support[b:b + 1]))
+                one = take(batch, slice(b, b + 1))
+                vals.append(_scored(bind(model, th)(one.y, one.A), one, config))
             curve.append(float(np.mean(vals)))
     return phi.mean(0).numpy(), z.numpy(), np.array(curve)
-
-
-def _slice_op(A, b: int):
-    from mpcli.physics.sense import Sense
-
-    mask = A.mask if A.mask.shape[0] == 1 else A.mask[b:b + 1]
-    return Sense(A.maps[b:b + 1], mask)
 
 
 def best_log_scale(curve: np.ndarray) -> float:
@@ -101,11 +90,11 @@ def best_log_scale(curve: np.ndarray) -> float:
     return e
 
 
-def calibrate(model, theta: Params, batches: list, ridge: float = 1e-2) -> Calibration:
+def calibrate(model, theta: Params, batches: list, config, ridge: float = 1e-2) -> Calibration:
     """Fit (ρ, w) on two thirds of ``batches`` (one per task), score on the rest (see module docstring)."""
     phis, zs, curves, targets = [], [], [], []
     for batch in batches:
-        phi, z, curve = task_curve(model, theta, batch)
+        phi, z, curve = task_curve(model, theta, batch, config)
         k = 2.0 ** best_log_scale(curve)
         mu_star = k * F.softplus(torch.tensor(z, dtype=torch.float64)).mean()
         phis.append(phi)
@@ -158,7 +147,7 @@ def main() -> None:
         task = family.sample_task(np.random.default_rng(derive_seed(a.seed, 7_777, t)))
         batch = task.sample(2, int(derive_seed(a.seed, 7_778, t) % 2**31))
         batches.append(cur.in_espirit_frame(batch) if config.maps == "espirit" else batch)
-    cal = calibrate(build_network(config.network), theta, batches)
+    cal = calibrate(build_network(config.network), theta, batches, config)
     which = "θ̄" if theta is state.ema else "θ"
     print(f"# Per-scan μ of {Path(a.checkpoint).name} ({which}, stage {stage.name} step {state.step}), "
           f"{a.tasks} training-family tasks, 2 slices each\n")
