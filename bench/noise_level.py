@@ -110,6 +110,8 @@ def main() -> None:
     import scipy.io
 
     from mpcli.io.readers import read_scans
+    from mpcli.physics.coils import noise_level
+    from mpcli.physics.masks import make_mask
 
     rows = []
     cal_corner = calibration("corner", (256, 256))
@@ -120,25 +122,21 @@ def main() -> None:
         k = scipy.io.loadmat(MPRAGE)["kData"].transpose(2, 0, 1)  # [4, 256, 256]
         v = corner(k)
         rows.append(["real MPRAGE, 4 coils (corner)", f"{v:.4f}", "", as_noise_rel(v, cal_corner)])
+        kt = torch.from_numpy(np.ascontiguousarray(k)).to(torch.complex64)
+        line = make_mask("random", (256, 256), 4.0, 0.08, seed=0).reshape(1, 256).expand(256, 256) > 0
+        sigma = noise_level(kt * line, line)
+        rows.append(["real MPRAGE, 4 coils, R 4 line mask (calib: σ̂ / RMS of the full k-space)", "", "",
+                     f"{sigma / _rms(k):.3f}"])
     else:
         rows.append(["real MPRAGE: absent", "", "", ""])
     scan = read_scans(POISSON_BRAIN)[0]
     y, m = scan.kspace[0].numpy(), scan.mask.expand(scan.kspace.shape[0], 1, *scan.kspace.shape[-2:])[0, 0].numpy()
     v = ring(y, m)
     rows.append(["real Poisson brain, 8 coils (ring)", "", f"{v:.4f}", as_noise_rel(v, cal_ring)])
-    print(f"# Noise level of real scans in the simulation's units ({c.machine(torch.device('cpu'))})\n")
-    from mpcli.physics.coils import noise_level
-
-    if MPRAGE.exists():
-        from mpcli.physics.masks import make_mask
-
-        kt = torch.from_numpy(np.ascontiguousarray(k)).to(torch.complex64)
-        line = make_mask("random", (256, 256), 4.0, 0.08, seed=0).reshape(1, 256).expand(256, 256) > 0
-        sigma = noise_level(kt * line, line)
-        rows.append(["real MPRAGE, 4 coils, R 4 line mask (calib: σ̂ / RMS of the full k-space)", "", "",
-                     f"{sigma / _rms(k):.3f}"])
     sigma = noise_level(scan.kspace[0], torch.from_numpy(m > 0))
-    rows.append(["real Poisson brain (calib)", "", "", "too few windows" if sigma is None else f"{sigma / _rms(y[:, m > 0]):.3f} (of acquired RMS)"])
+    rows.append(["real Poisson brain (calib)", "", "",
+                 "too few windows" if sigma is None else f"{sigma / _rms(y[:, m > 0]):.3f} (of acquired RMS)"])
+    print(f"# Noise level of real scans in the simulation's units ({c.machine(torch.device('cpu'))})\n")
     print(c.markdown_table(rows, ["scan", "corner", "ring", "≈ noise_rel"]))
     print("\n`calib` estimate of noise_rel on simulated line-mask scans (256², ESPIRiT kernel):\n")
     print(c.markdown_table(calib_table(), ["image", "true noise_rel", "4 coils, random R4", "16 coils, equispaced R5"]))
