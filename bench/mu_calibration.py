@@ -1,20 +1,24 @@
 """How far is MoDL's learned per-scan μ from each task's best, and would a rule in its features close it?
 
-MoDL with ``adaptive_mu`` sets μ_b = softplus(ρ + w·φ_b) from three acquisition
-features φ (:func:`mpcli.recon.network.acquisition_features`: log acquired
-fraction, log coils, log outer-ring k-space level). On ``--tasks`` tasks of a
-curriculum checkpoint's current training family (ESPIRiT frame, as deployed)::
+MoDL with ``adaptive_mu`` sets μ_b = softplus(ρ + w·φ_b) from acquisition features
+φ (:func:`mpcli.recon.network.acquisition_features`: log acquired fraction, log
+coils, log outer-ring k-space level and, if the network has it, log calibration-matrix
+noise level). On ``--tasks`` tasks of a curriculum checkpoint's current training
+family (ESPIRiT frame, as deployed)::
 
     z_t   = ρ + w·φ_t                          (the checkpoint's pre-activation)
-    k*_t  = argmax_k PSNR(f_θ with μ = k·softplus(z_t))   over k = 2⁻⁵ … 2³,
+    k*_t  = argmax_k PSNR(f_θ with μ = k·softplus(z_t))   over k = 2⁻⁵ … 2⁶,
             refined by a parabola through the best grid point and its neighbours
     z*_t  = softplus⁻¹(k*_t · softplus(z_t))
-    (ρ, w) = argmin Σ_t (ρ + w·φ_t − z*_t)² + 0.01‖w‖²    on two thirds of the tasks
+    (ρ, w) = argmin Σ_t (ρ + w·ψ_t − z*_t)² + 0.01‖w‖²    on two thirds of the tasks
 
-and on the other third it reports the mean PSNR with the checkpoint's μ, with the
-fitted rule's, and with each task's own best μ (the ceiling of any μ rule).
+for two feature sets ψ: the network's own and all of
+:data:`~mpcli.recon.network.MU_FEATURES`. On the other third it reports the mean PSNR
+with the checkpoint's μ, with each fitted rule's, and with each task's own best μ (the
+ceiling of any μ rule); with ``--held-out NAME`` also on tasks of that held-out family
+(:data:`mpcli.data.tasks.HELD_OUT`), which no rule was fitted on.
 
-    python bench/mu_calibration.py train/prior_ckpt.safetensors --tasks 48    # ~4 min on 2 idle cores
+    python bench/mu_calibration.py train/prior_ckpt.safetensors --tasks 48 --held-out noise  # 14 min beside a training run
 """
 
 from __future__ import annotations
@@ -31,22 +35,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mpcli.data.tasks import HELD_OUT
 from mpcli.meta.functional import Params, bind
 
-SCALES = tuple(2.0 ** e for e in range(-5, 4))  # μ × 1/32 … 8
+SCALES = tuple(2.0 ** e for e in range(-5, 7))  # μ × 1/32 … 64
 """The grid of μ factors searched per task."""
-
-
-@dataclass
-class Calibration:
-    """A fitted (ρ, w) and how it scored on the held-out tasks (mean PSNR, dB)."""
-
-    rho: float
-    w: list[float]
-    held_out_current: float
-    held_out_fitted: float
-    held_out_best: float
-    tasks: int
 
 
 def _softplus_inv(mu: torch.Tensor) -> torch.Tensor:
@@ -54,17 +47,18 @@ def _softplus_inv(mu: torch.Tensor) -> torch.Tensor:
 
 
 def task_curve(model, theta: Params, batch, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(φ ``[3]`` mean over the batch, z ``[B]``, PSNR ``[len(SCALES)]``) of f_θ on ``batch``
+    """(φ ``[len(MU_FEATURES)]`` mean over the batch, z ``[B]``, PSNR ``[len(SCALES)]``) of f_θ on ``batch``
     (``y`` ``[B, C, H, W]``, target ``x`` in the frame of the curriculum ``config``, scored as its
     validation scores) with μ scaled by each of :data:`SCALES`."""
     from mpcli.meta.batches import take
     from mpcli.meta.curriculum import _scored
-    from mpcli.recon.network import acquisition_features, robust_scale
+    from mpcli.recon.network import MU_FEATURES, acquisition_features, robust_scale
 
     with torch.no_grad():
         s = robust_scale(batch.A.adjoint(batch.y))
-        phi = acquisition_features(batch.y / s[:, None], batch.A)  # [B, 3]
-        z = theta["rho_mu"] + phi @ theta["mu_weights"]  # [B]
+        phi = acquisition_features(batch.y / s[:, None], batch.A, MU_FEATURES)  # [B, F]
+        own = [MU_FEATURES.index(n) for n in model.mu_features]
+        z = theta["rho_mu"] + phi[:, own] @ theta["mu_weights"]  # [B]
         curve = []
         for k in SCALES:
             scaled = _softplus_inv(k * F.softplus(z))  # [B]: the pre-activation of k·μ_b
@@ -90,38 +84,53 @@ def best_log_scale(curve: np.ndarray) -> float:
     return e
 
 
-def calibrate(model, theta: Params, batches: list, config, ridge: float = 1e-2) -> Calibration:
-    """Fit (ρ, w) on two thirds of ``batches`` (one per task), score on the rest (see module docstring)."""
-    phis, zs, curves, targets = [], [], [], []
-    for batch in batches:
-        phi, z, curve = task_curve(model, theta, batch, config)
-        k = 2.0 ** best_log_scale(curve)
-        mu_star = k * F.softplus(torch.tensor(z, dtype=torch.float64)).mean()
-        phis.append(phi)
-        zs.append(float(z.mean()))
-        curves.append(curve)
-        targets.append(float(_softplus_inv(mu_star)))
-    phis, targets = np.array(phis), np.array(targets)
-    held = np.arange(len(batches)) % 3 == 2
-    fit = ~held if held.any() and (~held).sum() >= 4 else np.ones(len(batches), bool)
+@dataclass
+class Curves:
+    """Per task: features φ ``[T, len(MU_FEATURES)]``, the checkpoint's mean pre-activation z
+    ``[T]``, and mean PSNR with μ scaled by each of :data:`SCALES` ``[T, len(SCALES)]``."""
 
-    X = np.concatenate([np.ones((len(batches), 1)), phis], axis=1)  # [T, 4]
-    reg = ridge * np.diag([0.0, 1.0, 1.0, 1.0])
-    coef = np.linalg.solve(X[fit].T @ X[fit] + reg, X[fit].T @ targets[fit])  # [4]
+    phi: np.ndarray
+    z: np.ndarray
+    psnr: np.ndarray
 
-    def score(rows: np.ndarray, z_new: np.ndarray) -> float:
-        # PSNR at the factor k = softplus(z_new)/softplus(z_current), read off each task's curve (log₂ grid)
-        out = []
-        for r, zn in zip(rows, z_new):
-            k = float(F.softplus(torch.tensor(zn)) / F.softplus(torch.tensor(zs[r])))
-            e = np.clip(math.log2(max(k, 1e-12)), math.log2(SCALES[0]), math.log2(SCALES[-1]))
-            out.append(float(np.interp(e, np.log2(SCALES), curves[r])))
-        return float(np.mean(out))
+    @classmethod
+    def measure(cls, model, theta: Params, batches: list, config) -> Curves:
+        rows = [task_curve(model, theta, b, config) for b in batches]
+        return cls(np.array([r[0] for r in rows]), np.array([float(r[1].mean()) for r in rows]),
+                   np.array([r[2] for r in rows]))
 
-    rows = np.flatnonzero(held if held.any() else fit)
-    current = float(np.mean([curves[r][SCALES.index(1.0)] for r in rows]))
-    return Calibration(float(coef[0]), [float(v) for v in coef[1:]], current,
-                       score(rows, X[rows] @ coef), float(np.mean([max(curves[r]) for r in rows])), len(batches))
+    def target(self) -> np.ndarray:
+        """z*_t, the pre-activation of each task's best μ ``[T]``."""
+        k = 2.0 ** np.array([best_log_scale(c) for c in self.psnr])
+        return _softplus_inv(torch.tensor(k) * F.softplus(torch.tensor(self.z, dtype=torch.float64))).numpy()
+
+    def design(self, names: tuple[str, ...]) -> np.ndarray:
+        """[1, ψ_t] ``[T, 1 + len(names)]``."""
+        from mpcli.recon.network import MU_FEATURES
+
+        return np.concatenate([np.ones((len(self.z), 1)), self.phi[:, [MU_FEATURES.index(n) for n in names]]], 1)
+
+    def score(self, z_new: np.ndarray) -> float:
+        """Mean PSNR at the factor k = softplus(z_new)/softplus(z), read off each task's curve (log₂ grid)."""
+        k = (F.softplus(torch.tensor(z_new)) / F.softplus(torch.tensor(self.z))).numpy()
+        e = np.clip(np.log2(np.maximum(k, 1e-12)), math.log2(SCALES[0]), math.log2(SCALES[-1]))
+        return float(np.mean([np.interp(ei, np.log2(SCALES), c) for ei, c in zip(e, self.psnr)]))
+
+    def current(self) -> float:
+        return float(self.psnr[:, SCALES.index(1.0)].mean())
+
+    def best(self) -> float:
+        return float(self.psnr.max(axis=1).mean())
+
+    def subset(self, rows: np.ndarray) -> Curves:
+        return Curves(self.phi[rows], self.z[rows], self.psnr[rows])
+
+
+def fit_rule(curves: Curves, names: tuple[str, ...], ridge: float = 1e-2) -> np.ndarray:
+    """(ρ, w) ``[1 + len(names)]`` = argmin Σ_t (ρ + w·ψ_t − z*_t)² + ridge·‖w‖²."""
+    X, t = curves.design(names), curves.target()
+    reg = ridge * np.diag([0.0] + [1.0] * len(names))
+    return np.linalg.solve(X.T @ X + reg, X.T @ t)
 
 
 def main() -> None:
@@ -130,11 +139,13 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--held-out", choices=sorted(HELD_OUT), default=None,
+                    help="also score the fitted rules on tasks/3 tasks of this held-out family")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from mpcli.meta import curriculum as cur
     from mpcli.meta.losses import derive_seed
-    from mpcli.recon.network import build_network
+    from mpcli.recon.network import MU_FEATURES, build_network
 
     state, config = cur.load_checkpoint(a.checkpoint)
     if "mu_weights" not in state.theta:
@@ -146,8 +157,20 @@ def main() -> None:
     for t in range(a.tasks):
         task = family.sample_task(np.random.default_rng(derive_seed(a.seed, 7_777, t)))
         batch = task.sample(2, int(derive_seed(a.seed, 7_778, t) % 2**31))
-        batches.append(cur.in_espirit_frame(batch) if config.maps == "espirit" else batch)
-    cal = calibrate(build_network(config.network), theta, batches, config)
+        batches.append(_frame(batch, config))
+    model = build_network(config.network)
+    curves = Curves.measure(model, theta, batches, config)
+    held = np.arange(a.tasks) % 3 == 2
+    fit, test = curves.subset(~held), curves.subset(held)
+    feature_sets = list(dict.fromkeys((tuple(model.mu_features), MU_FEATURES)))
+    rules = {names: fit_rule(fit, names) for names in feature_sets}
+    tables = [(f"{held.sum()} held-out training-family tasks", test)]
+    if a.held_out:
+        other = [_frame(HELD_OUT[a.held_out].sample_task(np.random.default_rng(derive_seed(a.seed, 7_779, t)))
+                        .sample(2, int(derive_seed(a.seed, 7_780, t) % 2**31)), config)
+                 for t in range(a.tasks // 3)]
+        tables.append((f"{a.tasks // 3} tasks of held-out family '{a.held_out}'",
+                       Curves.measure(model, theta, other, config)))
     which = "θ̄" if theta is state.ema else "θ"
     print(f"# Per-scan μ of {Path(a.checkpoint).name} ({which}, stage {stage.name} step {state.step}), "
           f"{a.tasks} training-family tasks, 2 slices each\n")
@@ -155,12 +178,23 @@ def main() -> None:
     import common
 
     print(common.machine(torch.device("cpu")) + "\n")
-    print(f"learned: ρ = {float(theta['rho_mu']):.3f}, w = {[round(float(v), 3) for v in theta['mu_weights']]}")
-    print(f"fitted on {a.tasks - a.tasks // 3} tasks: ρ = {cal.rho:.3f}, w = {[round(v, 3) for v in cal.w]}\n")
-    print("| held-out tasks | learned μ | fitted rule | each task's best μ |")
-    print("|---|---|---|---|")
-    print(f"| {a.tasks // 3} (mean PSNR, dB) | {cal.held_out_current:.2f} | {cal.held_out_fitted:.2f} | "
-          f"{cal.held_out_best:.2f} |")
+    print(f"learned on {', '.join(model.mu_features)}: ρ = {float(theta['rho_mu']):.3f}, "
+          f"w = {[round(float(v), 3) for v in theta['mu_weights']]}")
+    for names, coef in rules.items():
+        print(f"fitted on {(~held).sum()} tasks, {', '.join(names)}: ρ = {coef[0]:.3f}, "
+              f"w = {[round(float(v), 3) for v in coef[1:]]}")
+    heads = [f"rule on {', '.join(names)}" for names in rules]
+    print(f"\n| mean PSNR (dB) on | learned μ | {' | '.join(heads)} | each task's best μ |")
+    print("|---" * (3 + len(heads)) + "|")
+    for title, c in tables:
+        fitted = " | ".join(f"{c.score(c.design(names) @ coef):.2f}" for names, coef in rules.items())
+        print(f"| {title} | {c.current():.2f} | {fitted} | {c.best():.2f} |")
+
+
+def _frame(batch, config):
+    from mpcli.meta.curriculum import in_espirit_frame
+
+    return in_espirit_frame(batch) if config.maps == "espirit" else batch
 
 
 if __name__ == "__main__":

@@ -228,6 +228,26 @@ def test_amend_adds_parameters_logs_the_change_and_keeps_the_function(tmp_path):
     assert resumed.adam["param_groups"][1]["lr"] == pytest.approx(30 * resumed.adam["param_groups"][0]["lr"])
 
 
+def test_amend_grows_the_mu_features_in_theta_and_its_average(tmp_path):
+    """A μ feature added to a running adaptive-μ curriculum gets weight 0 in θ and θ̄, the
+    others keep theirs, and training resumes; dropping a feature is refused."""
+    config = cur.tiny_curriculum()
+    config = dataclasses.replace(config, network={**config.network, "adaptive_mu": True}, ema=0.9)
+    ck, log = tmp_path / "c.safetensors", tmp_path / "log.jsonl"
+    cur.train(config, ck, log, max_steps=2)
+    before, _ = cur.load_checkpoint(ck)
+    four = ["fraction", "coils", "ring", "noise"]
+    cur.amend(ck, log, network={"mu_features": four})
+    after, cfg = cur.load_checkpoint(ck)
+    for old, new in ((before.theta, after.theta), (before.ema, after.ema)):
+        assert torch.equal(new["mu_weights"][:3], old["mu_weights"]) and float(new["mu_weights"][3]) == 0.0
+    cur.train(cfg, ck, log, max_steps=1)
+    resumed, _ = cur.load_checkpoint(ck)
+    assert resumed.theta["mu_weights"].shape == (4,) and resumed.ema["mu_weights"].shape == (4,)
+    with pytest.raises(ValueError, match="only grow"):
+        cur.amend(ck, log, network={"mu_features": ["fraction", "noise"]})
+
+
 def test_amend_changes_the_task_family_from_the_next_step(tmp_path):
     """A running recipe may move to another task family (the committed run's noise levels at kfull
     step 1663): the stored family changes, the log says so, and a bad family is refused untouched."""

@@ -260,6 +260,59 @@ def test_acquisition_features_track_acceleration_coils_and_noise():
     assert float(acquisition_features(1e6 * y, full)[0, 2]) == 3.0  # clipped to the trained range
 
 
+def test_noise_feature_reads_calibration_noise_and_falls_back_to_the_ring():
+    """The ``noise`` feature is log σ̂ of :func:`noise_level` (which scales with the data) where
+    the calibration region has enough windows, and the ring level read as noise
+    (median |n| = σ·√ln 2) where it has not; the feature list decides the columns."""
+    from mpcli.physics.coils import noise_level
+    from mpcli.recon.network import FEATURE_REF, RAYLEIGH_MEDIAN, acquisition_features
+
+    g = torch.Generator().manual_seed(1)
+    lines = (torch.arange(96) % 3 == 0) | ((torch.arange(96) - 48).abs() < 10)  # 1-D mask, 20-line centre
+    A = Sense(torch.ones(1, 4, 96, 96, dtype=torch.complex64) / 2, lines.float().reshape(1, 1, 1, 96))
+    y = 0.02 * torch.randn(1, 4, 96, 96, dtype=torch.complex64, generator=g) * A.mask
+    phi = acquisition_features(y, A, ("noise", "coils"))
+    sigma = noise_level(y[0], A.mask.expand(1, 1, 96, 96)[0, 0] > 0)
+    assert sigma == pytest.approx(0.02, rel=0.15)  # pure noise: σ read back
+    assert float(phi[0, 0]) == pytest.approx(math.log(sigma) - FEATURE_REF["noise"], abs=1e-5)
+    assert float(phi[0, 1]) == pytest.approx(math.log(4 / 8), abs=1e-6)
+    assert float(acquisition_features(5 * y, A, ("noise",))[0, 0]) == pytest.approx(float(phi[0, 0]) + math.log(5),
+                                                                                   abs=1e-4)
+    square = torch.zeros(96, 96)
+    square[44:52, 44:52] = 1.0  # an 8 × 8 calibration square: too few windows, so the ring stands in
+    square[::4, ::4] = 1.0
+    B = Sense(A.maps, square.reshape(1, 1, 96, 96))
+    y = 0.02 * torch.randn(1, 4, 96, 96, dtype=torch.complex64, generator=g) * B.mask
+    ring, noise = acquisition_features(y, B, ("ring", "noise"))[0]
+    assert abs(float(ring)) < 1.0  # not clipped: the identity below is not one of ±3
+    assert float(noise) == pytest.approx(float(ring) - math.log(RAYLEIGH_MEDIAN), abs=1e-5)
+    with pytest.raises(ValueError, match="unknown μ feature"):
+        acquisition_features(y, A, ("snr",))
+
+
+def test_mu_features_choose_the_weights_and_grow_without_changing_the_function():
+    from mpcli.recon.network import remap_mu_weights
+
+    config = {**SMALL["modl_unet"], "adaptive_mu": True}
+    torch.manual_seed(0)
+    three = build_network(config)
+    torch.manual_seed(0)
+    four = build_network({**config, "mu_features": ["fraction", "coils", "ring", "noise"]})
+    assert three.mu_weights.shape == (3,) and four.mu_weights.shape == (4,)
+    with torch.no_grad():
+        three.mu_weights.copy_(torch.tensor([0.5, -0.3, 0.2]))
+        four.mu_weights.copy_(remap_mu_weights(three.mu_weights, three.mu_features, four.mu_features))
+        A, _, y = _problem(2, 3, 16, 20, seed=3)
+        assert torch.allclose(three(y, A), four(y, A), atol=1e-6)
+    assert remap_mu_weights(torch.tensor([1.0, 2.0]), ("coils", "ring"), ("ring", "noise", "coils")).tolist() \
+        == [2.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="only grow"):
+        remap_mu_weights(torch.tensor([1.0, 2.0]), ("coils", "ring"), ("coils",))
+    for bad in ([], ["ring", "ring"], ["fraction", "snr"], "noise"):
+        with pytest.raises(ValueError, match="mu_features"):
+            build_network({**config, "mu_features": bad})
+
+
 def test_adaptive_mu_weight_file_round_trip(tmp_path):
     from mpcli.io.weights import load_model, save_weights
 

@@ -31,6 +31,7 @@ Pure torch (runs on the device of the k-space, CPU or CUDA); sigpy's
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -145,12 +146,18 @@ def noise_level(kspace: torch.Tensor, acquired: torch.Tensor, region: int = CALI
     L, n = M.shape
     if L < max(n // 2, 2):
         return None
+    s = torch.linalg.svdvals(M.to(torch.complex64).cpu())  # descending
+    tail = s[min(L, n) // 2:]
+    return float(tail.pow(2).mean().sqrt()) / _gaussian_tail_rms(L, n)
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_tail_rms(L: int, n: int) -> float:
+    """RMS of the lower half of the singular values of an ``[L, n]`` unit-variance complex
+    Gaussian matrix (fixed seed): :func:`noise_level`'s reference, one SVD per shape."""
     g = torch.Generator().manual_seed(0)
     G = torch.complex(torch.randn(L, n, generator=g), torch.randn(L, n, generator=g)) / math.sqrt(2)
-    s = torch.linalg.svdvals(M.to(torch.complex64).cpu())  # descending
-    half = min(L, n) // 2
-    tail, ref = s[half:], torch.linalg.svdvals(G)[half:]
-    return float(tail.pow(2).mean().sqrt() / ref.pow(2).mean().sqrt())
+    return float(torch.linalg.svdvals(G)[min(L, n) // 2:].pow(2).mean().sqrt())
 
 
 def espirit(calib: torch.Tensor, kernel: tuple[int, int], grid: tuple[int, int], thresh: float = THRESH

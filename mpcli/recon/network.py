@@ -260,40 +260,97 @@ class ResUnroll(nn.Module):
 MU_PARAMS = ("rho_mu", "mu_weights")
 """Names of MoDL's data-consistency weight parameters (their own step size in training and adaptation)."""
 
-FEATURE_REF = (math.log(0.25), math.log(8.0), math.log(0.01))
-"""φ_ref of :func:`acquisition_features`: R = 4, 8 coils, σ̂ = 0.01."""
+MU_FEATURES: tuple[str, ...] = ("fraction", "coils", "ring", "noise")
+"""The acquisition features μ may depend on (:func:`acquisition_features`)."""
+DEFAULT_MU_FEATURES: tuple[str, ...] = MU_FEATURES[:3]
+"""Those of a MoDL built without ``mu_features`` (the first adaptive-μ networks)."""
+FEATURE_REF = {"fraction": math.log(0.25), "coils": math.log(8.0), "ring": math.log(0.01),
+               "noise": math.log(0.01)}
+"""φ_ref of :func:`acquisition_features`: R = 4, 8 coils, σ̂ = 0.01 (either estimate)."""
 FEATURE_CLIP = 3.0
 """Each centred feature is clipped to [−3, 3] (R from ≈ 0.2 to 80, 0.4 to 160 coils): a scan
 far outside what the network was trained on gets the μ of the nearest trained regime."""
+RAYLEIGH_MEDIAN = math.sqrt(math.log(2.0))
+"""Median of |n| for complex Gaussian n with E|n|² = 1."""
 
 
-def acquisition_features(y: torch.Tensor, A) -> torch.Tensor:
-    """φ_b = (log p, log C, log σ̂) − :data:`FEATURE_REF`, clipped: ``[B, 3]`` (detached).
-
-    p = acquired fraction of the k-space grid (mean of the mask), C = coils, and
-    σ̂ = median |y| over the acquired samples of an outer ring of k-space
-    (0.7 ≤ |k|/k_max ≤ 1, where noise dominates the signal; inside the
-    elliptical shutter of 2-D masks) of the *normalised* k-space ``y``
-    ``[B, C, H, W]`` — a robust noise level relative to the image scale.
-    """
-    B, C, H, W = y.shape
-    mask = A.mask.detach()
-    mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))[:, :1]  # [B or 1, 1, H or 1, W]
-    m = (mask.expand(B, 1, H, W) > 0).to(torch.float32)  # [B, 1, H, W]
-    p = m.mean(dim=(1, 2, 3)).clamp_min(1e-6)  # [B]
+def _ring_level(y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Median |y| over the acquired samples of the outer ring 0.7 ≤ |k|/k_max ≤ 1 (inside
+    the elliptical shutter of 2-D masks): ``y`` ``[B, C, H, W]``, ``m`` ``[B, 1, H, W]`` → ``[B]``."""
+    B, H, W = y.shape[0], y.shape[-2], y.shape[-1]
     ky = (torch.arange(H, device=y.device) - H // 2) / max(H // 2, 1)
     kx = (torch.arange(W, device=y.device) - W // 2) / max(W // 2, 1)
     r = (ky[:, None] ** 2 + kx[None, :] ** 2).sqrt()  # [H, W]
     sel = (m[:, 0] > 0) & (r >= 0.7) & (r <= 1.0)  # [B, H, W]
     mag = y.detach().abs()  # [B, C, H, W]
-    sigma = []
+    out = []
     for b in range(B):
         vals = mag[b][:, sel[b]]  # [C, n]
-        sigma.append(vals.median() if vals.numel() else mag.new_tensor(1e-2))
-    sigma = torch.stack(sigma).clamp_min(1e-8)  # [B]
-    phi = torch.stack((p.log(), torch.full_like(p, math.log(C)), sigma.log()), dim=1)  # [B, 3]
-    ref = torch.tensor(FEATURE_REF, device=y.device, dtype=phi.dtype)
+        out.append(vals.median() if vals.numel() else mag.new_tensor(1e-2))
+    return torch.stack(out).clamp_min(1e-8)
+
+
+def _calibration_level(y: torch.Tensor, m: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
+    """σ̂ per sample from the calibration matrix (:func:`mpcli.physics.coils.noise_level`),
+    or, where it has too few calibration windows (small 2-D calibration squares), the ring
+    level as the σ of pure noise would give it (``ring`` / :data:`RAYLEIGH_MEDIAN`) → ``[B]``."""
+    from mpcli.physics.coils import noise_level
+
+    out = []
+    for b in range(y.shape[0]):
+        sigma = noise_level(y[b].detach(), m[b, 0] > 0)
+        out.append(float(ring[b]) / RAYLEIGH_MEDIAN if sigma is None else sigma)
+    return torch.tensor(out, device=y.device).clamp_min(1e-8)
+
+
+def acquisition_features(y: torch.Tensor, A, names: tuple[str, ...] = DEFAULT_MU_FEATURES) -> torch.Tensor:
+    """φ_b = (log f_b for f in ``names``) − :data:`FEATURE_REF`, clipped: ``[B, len(names)]`` (detached).
+
+    For the *normalised* k-space ``y`` ``[B, C, H, W]`` (so a level is relative to the
+    image scale):
+
+    - ``fraction``: p, the acquired fraction of the k-space grid (mean of the mask);
+    - ``coils``: C;
+    - ``ring``: median |y| over the acquired outer ring of k-space (0.7 ≤ |k|/k_max ≤ 1),
+      where noise dominates the signal — but fine texture raises it too;
+    - ``noise``: σ̂ from the calibration matrix's lower singular values
+      (:func:`mpcli.physics.coils.noise_level`), which texture hardly moves; where the
+      calibration region is too small it falls back to the ring level read as noise.
+    """
+    unknown = set(names) - set(MU_FEATURES)
+    if unknown:
+        raise ValueError(f"unknown μ feature(s) {', '.join(sorted(unknown))}; expected {', '.join(MU_FEATURES)}")
+    B, C, H, W = y.shape
+    mask = A.mask.detach()
+    mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))[:, :1]  # [B or 1, 1, H or 1, W]
+    m = (mask.expand(B, 1, H, W) > 0).to(torch.float32)  # [B, 1, H, W]
+    ring = _ring_level(y, m) if {"ring", "noise"} & set(names) else None
+    cols = []
+    for name in names:
+        if name == "fraction":
+            cols.append(m.mean(dim=(1, 2, 3)).clamp_min(1e-6))
+        elif name == "coils":
+            cols.append(torch.full((B,), float(C), device=y.device))
+        elif name == "ring":
+            cols.append(ring)
+        else:
+            cols.append(_calibration_level(y, m, ring))
+    phi = torch.stack(cols, dim=1).to(torch.float32).log()  # [B, F]
+    ref = torch.tensor([FEATURE_REF[n] for n in names], device=y.device, dtype=phi.dtype)
     return (phi - ref).clamp(-FEATURE_CLIP, FEATURE_CLIP).detach()
+
+
+def remap_mu_weights(w: torch.Tensor, old: tuple[str, ...], new: tuple[str, ...]) -> torch.Tensor:
+    """MoDL's ``mu_weights`` ``[len(old)]`` for the features ``new`` ⊇ ``old``: each weight
+    moves with its feature's name, an added feature's is 0 (so μ, and the network, stay
+    the same function). ``ValueError`` if ``new`` drops one of ``old``."""
+    dropped = [n for n in old if n not in new]
+    if dropped:
+        raise ValueError(f"the μ features may only grow; {', '.join(dropped)} would be dropped")
+    out = w.new_zeros(len(new))
+    for i, name in enumerate(old):
+        out[new.index(name)] = w[i]
+    return out
 
 
 class MoDL(nn.Module):
@@ -306,13 +363,13 @@ class MoDL(nn.Module):
         x_k = (AᴴA + μI)⁻¹ (Aᴴy + μ z_k)             (``cg_iters`` CG steps from x_{k-1})
 
     μ > 0 is learned (softplus). With ``adaptive_mu`` it is learned *per scan*
-    from three features of the acquisition (:func:`acquisition_features`)::
+    from features of the acquisition (:func:`acquisition_features`)::
 
-        μ_b = softplus(ρ + w · φ_b),   φ_b = (log p_b, log C_b, log σ̂_b) − φ_ref
+        μ_b = softplus(ρ + w · φ_b),   φ_b = (log p_b, log C_b, log σ̂_b, …) − φ_ref
 
-    (p the acquired fraction 1/R, C the coil count, σ̂ the noise level of the
-    normalised k-space), w ``[3]`` initialised to 0 (then μ_b = softplus(ρ), the
-    plain MoDL). One μ for every scan was measured to be the network's ceiling
+    (p the acquired fraction 1/R, C the coil count, σ̂ noise levels of the
+    normalised k-space; ``mu_features`` names them), w ``[F]`` initialised to 0
+    (then μ_b = softplus(ρ), the plain MoDL). One μ for every scan was measured to be the network's ceiling
     on well-posed scans: on a 20-coil R5 equispaced validation task μ/10 gained
     8 dB, on an 8-coil R4 task μ/10 lost 1.7 dB (README, "Training a scan-like
     prior"). Autograd differentiates through the unrolled CG iterations.
@@ -326,22 +383,25 @@ class MoDL(nn.Module):
         mu: initial μ.
         denoiser: "cnn" (``depth`` convolutions) or "unet" (``levels`` resolutions).
         adaptive_mu: μ per scan from its acquisition features (see above).
+        mu_features: which (:data:`MU_FEATURES`); default the first three.
     """
 
     def __init__(self, iters: int = 5, features: int = 32, depth: int = 5, cg_iters: int = 6,
-                 mu: float = 0.05, denoiser: str = "cnn", levels: int = 4, adaptive_mu: bool = False):
+                 mu: float = 0.05, denoiser: str = "cnn", levels: int = 4, adaptive_mu: bool = False,
+                 mu_features: tuple[str, ...] = DEFAULT_MU_FEATURES):
         super().__init__()
         self.iters, self.cg_iters = int(iters), int(cg_iters)
         self.denoiser = _make_denoiser(denoiser, features, depth, levels)
         self.rho_mu = nn.Parameter(torch.tensor(_softplus_inv(mu)))
+        self.mu_features = tuple(mu_features)
         if adaptive_mu:
-            self.mu_weights = nn.Parameter(torch.zeros(len(FEATURE_REF)))
+            self.mu_weights = nn.Parameter(torch.zeros(len(self.mu_features)))
 
     def mu(self, y: torch.Tensor, A) -> torch.Tensor:
         """μ per sample ``[B, 1, 1]`` for the normalised k-space ``y`` ``[B, C, H, W]``."""
         rho = self.rho_mu.expand(y.shape[0])  # [B]
         if hasattr(self, "mu_weights"):
-            rho = rho + acquisition_features(y, A) @ self.mu_weights
+            rho = rho + acquisition_features(y, A, self.mu_features) @ self.mu_weights
         return F.softplus(rho)[:, None, None]
 
     def forward(self, y: torch.Tensor, A) -> torch.Tensor:
@@ -409,6 +469,11 @@ def check_config(config: dict) -> None:
         if key in ("shared", "adaptive_mu"):
             if not isinstance(value, bool):
                 raise ValueError(f"'{key}' must be true or false, got {value!r}")
+        elif key == "mu_features":
+            if not isinstance(value, (list, tuple)) or not value or len(set(value)) != len(value) \
+                    or not set(value) <= set(MU_FEATURES):
+                raise ValueError(f"'mu_features' must be distinct names among {', '.join(MU_FEATURES)}, "
+                                 f"got {value!r}")
         elif key == "denoiser":
             if value not in DENOISERS:
                 raise ValueError(f"'denoiser' must be one of {', '.join(DENOISERS)}, got {value!r}")
