@@ -185,6 +185,8 @@ _DEVICE = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N
 _CS_LAM = typer.Option(1e-3, metavar="NUMBER",
                        help="L1-wavelet weight for --method cs (on scale-normalised data).")
 _BATCH = typer.Option(4, min=1, metavar="SLICES", help="Slices per network batch (halved on GPU out-of-memory).")
+_ANONYMIZE = typer.Option(False, "--anonymize", help="Blank patient and study identifiers in DICOM.")
+_CALLING_AET = typer.Option("MP", "--calling-aet", metavar="AET", help="Our AE title when sending (--send).")
 
 
 @app.command("reconstruct", short_help="Reconstruct k-space files or folders into images: HDF5, NIfTI, DICOM.")
@@ -202,10 +204,9 @@ def reconstruct_cli(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist."),
     shard: str | None = typer.Option(None, metavar="I/N",
                                      help="Only the I-th of N deterministic shards of the inputs (job arrays)."),
-    anonymize: bool = typer.Option(False, "--anonymize", help="Blank patient and study identifiers in DICOM."),
+    anonymize: bool = _ANONYMIZE,
     send: str | None = typer.Option(None, "--send", metavar="AET@HOST:PORT", help=_SEND_HELP),
-    calling_aet: str = typer.Option("MP", "--calling-aet", metavar="AET",
-                                    help="Our AE title when sending (--send)."),
+    calling_aet: str = _CALLING_AET,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     """Reconstruct k-space files or folders into images: HDF5, NIfTI, DICOM.
@@ -231,13 +232,9 @@ def reconstruct_cli(
             run_batch,
             select_shard,
         )
-        from mpcli.errors import InputError, UsageError
-        from mpcli.reconstruct import METHODS, parse_formats
+        from mpcli.errors import InputError
 
-        if method not in METHODS:
-            raise UsageError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-        fmts = parse_formats(formats)
-        sender = _pacs_sender(send, calling_aet, fmts, out_dir)
+        fmts, sender = _outputs(method, formats, send, calling_aet, out_dir)
         parse_shard(shard)
         check_output_dir(out_dir, inputs)
         files = collect_inputs(inputs)
@@ -255,6 +252,18 @@ def reconstruct_cli(
                                  after=sender)
         _report(outcomes, as_json, "mp reconstruct", out_dir)
         raise typer.Exit(_batch_exit(outcomes))
+
+
+def _outputs(method: str, formats: list[str], send: str | None, calling_aet: str, out_dir: Path):
+    """``(formats, sender)`` of ``mp reconstruct`` and ``mp watch`` after checking ``--method``,
+    ``--format`` and ``--send`` (usage errors before any input is read)."""
+    from mpcli.errors import UsageError
+    from mpcli.reconstruct import METHODS, parse_formats
+
+    if method not in METHODS:
+        raise UsageError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    fmts = parse_formats(formats)
+    return fmts, _pacs_sender(send, calling_aet, fmts, out_dir)
 
 
 def _pacs_sender(send: str | None, calling_aet: str, formats: tuple[str, ...], out_dir: Path):
@@ -557,12 +566,11 @@ def watch_cli(
     device: str = _DEVICE,
     cs_lam: float = _CS_LAM,
     batch: int = _BATCH,
-    anonymize: bool = typer.Option(False, "--anonymize", help="Blank patient and study identifiers in DICOM."),
+    anonymize: bool = _ANONYMIZE,
     send: str | None = typer.Option(None, "--send", metavar="AET@HOST:PORT",
                                     help="Also store each DICOM series in this PACS (C-STORE); what it does not "
                                     "acknowledge is sent again later and after a restart."),
-    calling_aet: str = typer.Option("MP", "--calling-aet", metavar="AET",
-                                    help="Our AE title when sending (--send)."),
+    calling_aet: str = _CALLING_AET,
     settle: float = typer.Option(5.0, min=0.0, metavar="SECONDS",
                                  help="How long a file's size and mtime must stay unchanged before it counts "
                                  "as complete (files renamed in from a temporary name wait this long too)."),
@@ -593,14 +601,10 @@ def watch_cli(
     """
     with _guard():
         from mpcli.batch import check_output_dir
-        from mpcli.errors import InputError, UsageError
-        from mpcli.reconstruct import METHODS, parse_formats
+        from mpcli.errors import InputError
         from mpcli.watch import JsonlLog, StopFlag, stop_signals, watch
 
-        if method not in METHODS:
-            raise UsageError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-        fmts = parse_formats(formats)
-        sender = _pacs_sender(send, calling_aet, fmts, out_dir)
+        fmts, sender = _outputs(method, formats, send, calling_aet, out_dir)
         if not inbox.is_dir():
             raise InputError(inbox, "is not a folder; mp watch needs the folder files land in")
         check_output_dir(out_dir, [inbox])
