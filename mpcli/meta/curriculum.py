@@ -511,16 +511,22 @@ class _Stop:
         self.flag = True
 
 
-def _truncate_log(log: Path, wall_s: float) -> None:
-    """Drop the records written after the checkpoint (a resumed run writes them again)."""
+def _resume_log(log: Path, wall_s: float | None, frame: str) -> dict | None:
+    """Open the log of a run: with ``wall_s`` (resuming a checkpoint of that training time) drop
+    the records written after it (the resumed run writes them again); return the latest
+    ``baseline`` record in the validation ``frame`` (a log from before frames says "true"), if any."""
     try:
-        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln).get("kind") == "baseline"
-                or json.loads(ln).get("wall_h", 0.0) <= wall_s / 3600 + 1e-4]
-        if len(keep) < len(lines):
-            log.write_text("".join(ln + "\n" for ln in keep))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        lines = [ln for ln in log.read_text().splitlines() if ln.strip()] if log.exists() else []
+        records = [json.loads(ln) for ln in lines]
     except (OSError, json.JSONDecodeError) as err:
         raise InputError(log, f"cannot read log: {err}") from None
+    if wall_s is not None:
+        keep = [r.get("kind") == "baseline" or r.get("wall_h", 0.0) <= wall_s / 3600 + 1e-4 for r in records]
+        if not all(keep):
+            log.write_text("".join(ln + "\n" for ln, k in zip(lines, keep) if k))
+    return next((r for r in reversed(records) if r.get("kind") == "baseline" and r.get("frame", "true") == frame),
+                None)
 
 
 def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *,
@@ -554,19 +560,7 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
     else:
         state = initial_state(config)
     logf = Path(log) if log is not None else None
-    if logf is not None and checkpoint.exists() and logf.exists():
-        _truncate_log(logf, state.wall_s)
-    if logf is not None:
-        try:
-            logf.parent.mkdir(parents=True, exist_ok=True)
-            # the latest baseline in this run's validation frame (a log from before frames says "true")
-            base = next((r for r in reversed([json.loads(ln) for ln in logf.read_text().splitlines()
-                                              if ln.strip()] if logf.exists() else [])
-                         if r.get("kind") == "baseline" and r.get("frame", "true") == config.maps), None)
-        except (OSError, json.JSONDecodeError) as err:
-            raise InputError(logf, f"cannot read log: {err}") from None
-    else:
-        base = None
+    base = _resume_log(logf, state.wall_s if checkpoint.exists() else None, config.maps) if logf else None
 
     def write(rec: dict) -> None:
         if progress is not None:
