@@ -6,8 +6,9 @@ SSDU, λ = 1e-2, self-validation split and early stopping as shipped) runs from
 θ* with each setting below; every result is scored inside the maps' support
 against the coil-combined truth (fastMRI PSNR, magnitude):
 
-- ``params``: ``all`` weights, ``biases`` (biases and μ) or ``mu`` (MoDL's
-  data-consistency weights only: ``rho_mu`` and, with adaptive μ, ``mu_weights``);
+- ``params``: ``all`` weights, ``biases`` (biases and μ), ``head`` (the denoiser's
+  two output-side layers and μ) or ``mu`` (MoDL's data-consistency weights only:
+  ``rho_mu`` and, with adaptive μ, ``mu_weights``);
 - base step size ``lr``, ``schedule`` constant or cosine with ``warmup`` steps,
   and ``mu_lr_scale`` (μ's step size relative to the base).
 
@@ -41,6 +42,7 @@ SETTINGS: list[dict] = [
     {"params": "all", "lr": 1e-4, "schedule": "cosine", "warmup": 2},
     {"params": "all", "lr": 1e-4, "schedule": "cosine", "warmup": 2, "mu_lr_scale": 30.0},
     {"params": "biases", "lr": 1e-3, "schedule": "cosine", "warmup": 2, "mu_lr_scale": 30.0},
+    {"params": "head", "lr": 1e-3, "mu_lr_scale": 30.0},
     {"params": "mu", "lr": 1e-3, "mu_lr_scale": 30.0},
 ]
 

@@ -137,6 +137,19 @@ def test_adapt_config_schedule_and_parameter_sets():
         AdaptConfig(schedule="linear")
 
 
+def test_head_parameter_set_is_the_denoisers_output_side_and_mu():
+    """``head``: a U-Net's finest decoder block and output convolution, a CNN's last two
+    convolutions, with μ; nothing else."""
+    unet = build_network({"arch": "modl", "iters": 2, "features": 4, "levels": 3, "denoiser": "unet",
+                          "adaptive_mu": True})
+    cnn = build_network({"arch": "modl", "iters": 2, "features": 4, "depth": 4})
+    for net, expect in ((unet, ("denoiser.up.0.", "denoiser.out.", "rho_mu", "mu_weights")),
+                        (cnn, ("denoiser.convs.2.", "denoiser.convs.3.", "rho_mu"))):
+        rates = AdaptConfig(params="head").rates(dict(net.named_parameters()), 1)
+        assert {k for k, r in rates.items() if r > 0} == {k for k in rates if k.startswith(expect)}
+        assert 0 < sum(r > 0 for r in rates.values()) < len(rates)
+
+
 def test_adapting_only_mu_changes_only_mu(batch):
     model = build_network({"arch": "modl", "iters": 2, "features": 4, "depth": 3, "cg_iters": 2, "adaptive_mu": True})
     theta = prior_params(model)

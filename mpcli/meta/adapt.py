@@ -83,7 +83,8 @@ class AdaptConfig:
     # What adapts and how fast (bench/adapt_what.py, bench/results/adapt_what.md: the curriculum's U-Net prior
     # at kfull step ~700, 3 held-out tasks): all weights at a constant 1e-3 gained +1.06 dB over the prior;
     # cosine schedules with warm-up at 3e-4 / 1e-4 +0.65 / +0.63, biases + μ +0.53, μ alone +0.51.
-    params: str = "all"  # what adapts: "all", "mu" (MoDL's μ parameters) or "biases" (biases and μ)
+    params: str = "all"  # what adapts: "all", "mu" (MoDL's μ parameters), "biases" (biases and μ) or
+    # "head" (the denoiser's two output-side layers and μ)
     mu_lr_scale: float = 1.0  # step size of MoDL's μ parameters relative to ``lr``
     schedule: str = "constant"  # or "cosine": lr·½(1 + cos(π(k−1)/steps)) at step k
     warmup: int = 0  # steps of linear warm-up (lr·k/warmup) before the schedule
@@ -106,16 +107,28 @@ class AdaptConfig:
     def rates(self, names, step: int) -> dict[str, float]:
         """Step size per parameter name at ``step``: 0 for parameters that do not adapt."""
         base = self.step_size(step)
-        return {k: base * (self.mu_lr_scale if k in MU_PARAMS else 1.0) if PARAM_SETS[self.params](k) else 0.0
-                for k in names}
+        names = list(names)
+        chosen = PARAM_SETS[self.params](names)
+        return {k: base * (self.mu_lr_scale if k in MU_PARAMS else 1.0) if k in chosen else 0.0 for k in names}
 
 
-PARAM_SETS = {
-    "all": lambda name: True,
-    "mu": lambda name: name in MU_PARAMS,
-    "biases": lambda name: name in MU_PARAMS or name.endswith(".bias"),
+def _output_layers(names: list[str]) -> set[str]:
+    """The denoiser's two output-side layers: a U-Net's finest decoder block and 1×1 output
+    convolution (``denoiser.up.0``, ``denoiser.out``), a CNN's last two convolutions."""
+    unet = {n for n in names if n.startswith(("denoiser.up.0.", "denoiser.out."))}
+    if unet:
+        return unet
+    convs = sorted({int(n.split(".")[2]) for n in names if n.startswith("denoiser.convs.")})
+    return {n for n in names if n.startswith(tuple(f"denoiser.convs.{i}." for i in convs[-2:]))}
+
+
+PARAM_SETS: dict[str, Callable[[list[str]], set[str]]] = {
+    "all": lambda names: set(names),
+    "mu": lambda names: set(names) & set(MU_PARAMS),
+    "biases": lambda names: {n for n in names if n in MU_PARAMS or n.endswith(".bias")},
+    "head": lambda names: _output_layers(names) | (set(names) & set(MU_PARAMS)),
 }
-"""Which parameters ``mp adapt`` changes (``AdaptConfig.params``)."""
+"""Which parameters ``mp adapt`` changes (``AdaptConfig.params``), from all of the network's names."""
 
 
 class SiteBatch(NamedTuple):
