@@ -53,6 +53,23 @@ def test_early_stopping_never_triggers_while_improving():
     assert not any(stopper.update(k, 1.0 / (k + 1)) for k in range(20))
 
 
+def test_a_step_must_beat_the_prior_by_min_gain_to_be_kept(batch):
+    """With min_gain 0 the tiny prior adapts (its self-validation loss falls); demanding more
+    than any step achieves keeps θ* itself (best step 0), whatever the curve did."""
+    torch.manual_seed(0)
+    model = build_network(TINY)
+    theta = prior_params(model)
+    free = adapt(model, theta, [batch], AdaptConfig(steps=4, patience=100, slices_per_step=2, min_gain=0.0))
+    assert free.best_step > 0 and free.curve[free.best_step]["val"] < free.curve[0]["val"]
+    gain = 1 - min(r["val"] for r in free.curve[1:]) / free.curve[0]["val"]
+    strict = adapt(model, theta, [batch], AdaptConfig(steps=4, patience=100, slices_per_step=2,
+                                                      min_gain=min(gain + 0.01, 0.99)))
+    assert strict.best_step == 0 and all(torch.equal(strict.params[k], theta[k]) for k in theta)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="min_gain"):
+            AdaptConfig(min_gain=bad)
+
+
 def test_holdout_partitions_acquired_kspace(batch):
     train, val = holdout(batch, 0.2, seed=3)
     omega = (batch.A.mask > 0).expand_as(train.A.mask)
@@ -153,7 +170,7 @@ def test_head_parameter_set_is_the_denoisers_output_side_and_mu():
 def test_adapting_only_mu_changes_only_mu(batch):
     model = build_network({"arch": "modl", "iters": 2, "features": 4, "depth": 3, "cg_iters": 2, "adaptive_mu": True})
     theta = prior_params(model)
-    res = adapt(model, theta, [batch], AdaptConfig(steps=2, patience=100, slices_per_step=2, params="mu",
+    res = adapt(model, theta, [batch], AdaptConfig(steps=2, patience=100, slices_per_step=2, params="mu", min_gain=0.0,
                                                    mu_lr_scale=10.0))
     changed = {k for k in theta if not torch.equal(res.params[k], theta[k])}
     assert changed and changed <= {"rho_mu", "mu_weights"}
