@@ -157,7 +157,7 @@ def main() -> None:
     for t in range(a.tasks):
         task = family.sample_task(np.random.default_rng(derive_seed(a.seed, 7_777, t)))
         batch = task.sample(2, int(derive_seed(a.seed, 7_778, t) % 2**31))
-        batches.append(_frame(batch, config))
+        batches.append(cur.in_training_frame(batch, config))
     model = build_network(config.network)
     curves = Curves.measure(model, theta, batches, config)
     held = np.arange(a.tasks) % 3 == 2
@@ -166,7 +166,7 @@ def main() -> None:
     rules = {names: fit_rule(fit, names) for names in feature_sets}
     tables = [(f"{held.sum()} held-out training-family tasks", test)]
     if a.held_out:
-        other = [_frame(HELD_OUT[a.held_out].sample_task(np.random.default_rng(derive_seed(a.seed, 7_779, t)))
+        other = [cur.in_training_frame(HELD_OUT[a.held_out].sample_task(np.random.default_rng(derive_seed(a.seed, 7_779, t)))
                         .sample(2, int(derive_seed(a.seed, 7_780, t) % 2**31)), config)
                  for t in range(a.tasks // 3)]
         tables.append((f"{a.tasks // 3} tasks of held-out family '{a.held_out}'",
@@ -189,12 +189,6 @@ def main() -> None:
     for title, c in tables:
         fitted = " | ".join(f"{c.score(c.design(names) @ coef):.2f}" for names, coef in rules.items())
         print(f"| {title} | {c.current():.2f} | {fitted} | {c.best():.2f} |")
-
-
-def _frame(batch, config):
-    from mpcli.meta.curriculum import in_espirit_frame
-
-    return in_espirit_frame(batch) if config.maps == "espirit" else batch
 
 
 if __name__ == "__main__":

@@ -278,7 +278,7 @@ def _val_batches(config: CurriculumConfig) -> list:
     from mpcli.data.tasks import Task
 
     batches = [Task.from_dict(d).sample(config.val_slices, 0) for d in config.val_tasks]
-    return [in_espirit_frame(b) for b in batches] if config.maps == "espirit" else batches
+    return [in_training_frame(b, config) for b in batches]
 
 
 def _scored(x_hat: torch.Tensor, batch, config: CurriculumConfig) -> float:
@@ -319,7 +319,7 @@ def _draw(config: CurriculumConfig, j: int, stage: Stage, step: int, i: int):
     rng = np.random.default_rng(derive_seed(config.seed, j, step, i, _TASKS))
     task = _family(config, stage).sample_task(rng)
     batch = task.sample(stage.slices, int(derive_seed(config.seed, j, step, i, _SAMPLE) % 2**31))
-    return in_espirit_frame(batch) if config.maps == "espirit" else batch
+    return in_training_frame(batch, config)
 
 
 def _draw_at(config: CurriculumConfig, j: int, step: int, i: int):
@@ -338,6 +338,11 @@ def _next_keys(stage: Stage, j: int, step: int, i: int, n: int) -> list[tuple[in
             break
         out.append((j, step, i))
     return out
+
+
+def in_training_frame(batch, config: CurriculumConfig):
+    """``batch`` as the curriculum trains on it: in the ESPIRiT frame where ``config.maps`` says so."""
+    return in_espirit_frame(batch) if config.maps == "espirit" else batch
 
 
 def in_espirit_frame(batch):
