@@ -168,8 +168,8 @@ def default_curriculum(seed: int = 0) -> CurriculumConfig:
     stages = [
         Stage("k1", steps=1500, iters=1, lr=1e-3, tasks=small, tasks_per_step=2, slices=2),
         Stage("kfull", steps=4500, iters=k, lr=3e-4, tasks=medium, tasks_per_step=2, slices=2),
-        Stage("kfull_large", steps=1000, iters=k, lr=1e-4, tasks_per_step=2, slices=2),
-        Stage("meta", steps=3000, iters=k, lr=1e-4, mode="meta", tasks_per_step=2, slices=4),
+        Stage("kfull_large", steps=450, iters=k, lr=1e-4, tasks_per_step=2, slices=2),
+        Stage("meta", steps=600, iters=k, lr=1e-4, mode="meta", tasks=medium, tasks_per_step=2, slices=4),
     ]
     # adaptive μ, the PSNR loss and μ's own step size were added at kfull step 619 of the committed run
     # (``amend``): on the four validation tasks (ESPIRiT maps, bench/prior_checkpoints.py) 60 steps took the
@@ -183,7 +183,11 @@ def default_curriculum(seed: int = 0) -> CurriculumConfig:
     # 1 dB under tuned CS on the real MPRAGE (noise 16 %), and 0.3–20 % spent most draws under 3 %.
     # At step ~3620 kfull was cut from 10 000 to 4 500 steps and kfull_large from 2 000 to 1 000: the
     # ESPIRiT-frame validation had been flat (39.0–39.3 dB) since step 2824 at the constant 3e-4, and on
-    # 2 CPU cores the bilevel stage, the paper's method, would otherwise not start for another ~20 h
+    # 2 CPU cores the bilevel stage, the paper's method, would otherwise not start for another ~20 h.
+    # At kfull_large step ~150 (8.5 h) it was cut again, to 450 steps, and the meta stage from 3 000 steps on
+    # the whole family to 600 on the medium matrices: a meta step (2 inner SSDU steps on 2 slices, then the
+    # query's loss on 2 more, for 2 tasks) costs ~3 supervised steps, ~20 s on one thread at ≤ 256², so
+    # 3 000 steps at up to 384² would have taken ~30 h of this machine
     return CurriculumConfig(network={**MODL_UNET, "adaptive_mu": True}, tasks=SCAN_TRAIN_FAMILY.to_config(),
                             stages=stages, val_tasks=default_validation_tasks(), seed=seed, loss="psnr",
                             mu_lr_scale=10.0, maps="espirit", ema=0.995)
