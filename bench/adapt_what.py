@@ -7,8 +7,9 @@ SSDU, λ = 1e-2, self-validation split and early stopping as shipped) runs from
 against the coil-combined truth (fastMRI PSNR, magnitude):
 
 - ``params``: ``all`` weights, ``biases`` (biases and μ), ``head`` (the denoiser's
-  two output-side layers and μ) or ``mu`` (MoDL's data-consistency weights only:
-  ``rho_mu`` and, with adaptive μ, ``mu_weights``);
+  two output-side layers and μ), ``mu`` (MoDL's data-consistency weights only:
+  ``rho_mu`` and, with adaptive μ, ``mu_weights``) or ``lowrank`` (rank-r deltas of
+  every weight matrix, LoRA-style, with free deltas of biases and μ);
 - base step size ``lr``, ``schedule`` constant or cosine with ``warmup`` steps,
   and ``mu_lr_scale`` (μ's step size relative to the base).
 
@@ -17,6 +18,7 @@ prior, PSNR per task, steps (best/run) and seconds per task. The default
 settings of :class:`~mpcli.meta.adapt.AdaptConfig` are marked.
 
     python bench/adapt_what.py --prior /tmp/curriculum.safetensors     # ~15 min, 1 thread
+    python bench/adapt_what.py --prior P --only all,lowrank     # the settings of these parameter sets
     python bench/adapt_what.py --quick
 """
 
@@ -44,13 +46,16 @@ SETTINGS: list[dict] = [
     {"params": "biases", "lr": 1e-3, "schedule": "cosine", "warmup": 2, "mu_lr_scale": 30.0},
     {"params": "head", "lr": 1e-3, "mu_lr_scale": 30.0},
     {"params": "mu", "lr": 1e-3, "mu_lr_scale": 30.0},
+    {"params": "lowrank", "lr": 1e-3, "rank": 4},
+    {"params": "lowrank", "lr": 1e-2, "rank": 4},
 ]
 
 
 def label(setting: dict) -> str:
     s = dataclasses.replace(AdaptConfig(), **setting)
     sched = s.schedule + (f"+warm{s.warmup}" if s.warmup else "")
-    return f"{s.params} lr {s.lr:g} {sched} μ×{s.mu_lr_scale:g}"
+    rank = f" r{s.rank}" if s.params == "lowrank" else ""
+    return f"{s.params}{rank} lr {s.lr:g} {sched} μ×{s.mu_lr_scale:g}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_common_args(ap)
     ap.add_argument("--families", default="contrast,poisson,acceleration_8", help="HELD_OUT families, one task each")
     ap.add_argument("--slices", type=int, default=4, help="slices per test volume")
+    ap.add_argument("--only", default=None, help="run only the settings of these parameter sets (e.g. all,lowrank)")
     args = ap.parse_args(argv)
-    settings = SETTINGS
+    settings = SETTINGS if not args.only else [s for s in SETTINGS if s["params"] in args.only.split(",")]
     if args.quick:
         args.families, args.slices = "contrast", 2
         settings = [dict(s, steps=2) for s in SETTINGS[:2] + SETTINGS[-1:]]

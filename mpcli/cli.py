@@ -417,6 +417,10 @@ def adapt_cli(
     lam: float = typer.Option(1e-2, metavar="NUMBER", help="Proximity weight λ of λ/2‖φ − θ*‖²."),
     lr: float = typer.Option(1e-3, metavar="NUMBER", help="Adam learning rate."),
     patience: int = typer.Option(4, metavar="N", help="Stop after N steps without self-validation improvement."),
+    params: str = typer.Option("all", "--params", metavar="SET",
+                               help="What adapts: all, head (the denoiser's output side and μ), biases, mu, or "
+                               "lowrank (rank-R deltas of every weight)."),
+    rank: int = typer.Option(4, metavar="R", help="Rank of the deltas with --params lowrank."),
     recon: Path | None = typer.Option(None, metavar="DIR", help="Also reconstruct the scans into this folder."),
     formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
                                       help="Formats for --recon: h5, nifti or dicom; repeat for several "
@@ -460,7 +464,7 @@ def adapt_cli(
         from mpcli.device import resolve_device
         from mpcli.errors import InputError, OutputError, UsageError
         from mpcli.io.paths import expect_file_to_write
-        from mpcli.meta.adapt import AdaptConfig
+        from mpcli.meta.adapt import PARAM_SETS, AdaptConfig
         from mpcli.meta.losses import LOSSES, is_measurement_only
         from mpcli.reconstruct import (
             ReconOptions,
@@ -471,6 +475,9 @@ def adapt_cli(
 
         if loss not in LOSSES or not is_measurement_only(loss):
             raise UsageError(None, f"--loss must be a measurement-only loss (ssdu, wssdu, ei, mc), got {loss!r}")
+        if params not in PARAM_SETS or rank < 1:
+            raise UsageError(None, f"--params must be one of {', '.join(PARAM_SETS)} and --rank >= 1, "
+                                   f"got {params!r}, {rank}")
         fmts = parse_formats(formats)
         if send is not None and recon is None:
             raise UsageError(None, "--send sends the reconstructions: add --recon DIR")
@@ -491,7 +498,8 @@ def adapt_cli(
         expect_file_to_write(weights, "the adapted weights file (--out)", "adapted.safetensors", error=OutputError)
         dev = resolve_device(device)
         torch.manual_seed(seed)
-        config = AdaptConfig(loss=loss, steps=steps, lam=lam, lr=lr, patience=patience, seed=seed)
+        config = AdaptConfig(loss=loss, steps=steps, lam=lam, lr=lr, patience=patience, seed=seed, params=params,
+                             rank=rank)
         with _progress() as progress:
             reading = progress.add_task("coil maps", total=len(files))
             task = progress.add_task("adapt", total=steps)

@@ -174,3 +174,54 @@ def test_adapting_only_mu_changes_only_mu(batch):
                                                    mu_lr_scale=10.0))
     changed = {k for k in theta if not torch.equal(res.params[k], theta[k])}
     assert changed and changed <= {"rho_mu", "mu_weights"}
+
+
+def test_lowrank_adaptation_moves_weights_by_rank_r_deltas(batch):
+    """``lowrank``: φ(ψ₀) is θ* exactly; after adaptation every matrix-shaped weight has moved by a
+    delta of rank ≤ r (seen as o × n), the result has θ's names and shapes, and its distance is
+    measured in θ's space."""
+    from mpcli.meta.batches import take
+    from mpcli.meta.functional import bind, params_of, tree_sqnorm, tree_sub
+    from mpcli.meta.lowrank import LowRankDelta
+
+    torch.manual_seed(0)
+    model = build_network({"arch": "modl", "iters": 2, "features": 8, "levels": 2, "denoiser": "unet",
+                           "cg_iters": 2, "adaptive_mu": True})
+    theta = prior_params(model)
+    delta = LowRankDelta(model, theta, rank=2)
+    assert delta.low_rank and delta.size() < sum(v.numel() for v in theta.values())
+    one = take(batch, slice(0, 1))
+    assert torch.equal(bind(delta, params_of(delta))(one.y, one.A), model(one.y, one.A))
+    res = adapt(model, theta, [batch], AdaptConfig(steps=3, patience=100, slices_per_step=2, params="lowrank", rank=2,
+                                                   min_gain=0.0))
+    assert res.best_step > 0 and set(res.params) == set(theta)
+    for k in delta.low_rank:
+        d = (res.params[k] - theta[k]).reshape(theta[k].shape[0], -1)
+        assert torch.linalg.matrix_rank(d.double(), rtol=1e-3) <= 2  # float32 rounding of θ + Δ: ~1e-4 of Δ
+    moved = [k for k in theta if not torch.equal(res.params[k], theta[k])]
+    assert set(delta.low_rank) <= set(moved)
+    assert res.distance == pytest.approx(float(tree_sqnorm(tree_sub(res.params, theta)).sqrt()), rel=1e-5)
+    with pytest.raises(ValueError):
+        AdaptConfig(params="lowrank", rank=0)
+
+
+def test_adapt_cli_low_rank_deltas_and_bad_parameter_set(scan_file, prior_file, tmp_path):
+    """``--params lowrank --rank 2`` writes a full weight file whose matrix deltas have rank ≤ 2;
+    an unknown set is a usage error (exit 2) before anything is written."""
+    from mpcli.errors import EXIT_USAGE
+
+    runner = CliRunner()
+    out = tmp_path / "lr.safetensors"
+    res = runner.invoke(app, ["adapt", "--kspace", str(scan_file), "--prior", str(prior_file), "--out", str(out),
+                              "--steps", "2", "--patience", "100", "--params", "lowrank", "--rank", "2"])
+    assert res.exit_code == 0, res.stderr
+    adapted, meta = load_weights(out)
+    prior, _ = load_weights(prior_file)
+    assert set(adapted) == set(prior) and (meta["adapt"]["params"], meta["adapt"]["rank"]) == ("lowrank", 2)
+    for k, w in prior.items():
+        if w.ndim >= 2 and min(w.shape[0], w[0].numel()) > 2:
+            d = (adapted[k] - w).reshape(w.shape[0], -1).double()
+            assert torch.linalg.matrix_rank(d, rtol=1e-3) <= 2, k
+    res = runner.invoke(app, ["adapt", "--kspace", str(scan_file), "--prior", str(prior_file),
+                              "--out", str(tmp_path / "x.safetensors"), "--params", "everything"])
+    assert res.exit_code == EXIT_USAGE and "--params" in res.stderr and not (tmp_path / "x.safetensors").exists()

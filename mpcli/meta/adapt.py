@@ -38,6 +38,7 @@ from mpcli.meta.functional import (
 )
 from mpcli.meta.inner import init_opt_state, inner_step
 from mpcli.meta.losses import acquired_mask, derive_seed, make_loss, reseed
+from mpcli.meta.lowrank import LowRankDelta
 from mpcli.physics.masks import split_mask
 from mpcli.physics.sense import Sense, sense
 from mpcli.recon.network import MU_PARAMS
@@ -89,8 +90,10 @@ class AdaptConfig:
     # What adapts and how fast (bench/adapt_what.py, bench/results/adapt_what.md: the curriculum's U-Net prior
     # at kfull step ~700, 3 held-out tasks): all weights at a constant 1e-3 gained +1.06 dB over the prior;
     # cosine schedules with warm-up at 3e-4 / 1e-4 +0.65 / +0.63, biases + μ +0.53, μ alone +0.51.
-    params: str = "all"  # what adapts: "all", "mu" (MoDL's μ parameters), "biases" (biases and μ) or
-    # "head" (the denoiser's two output-side layers and μ)
+    params: str = "all"  # what adapts: "all", "mu" (MoDL's μ parameters), "biases" (biases and μ),
+    # "head" (the denoiser's two output-side layers and μ) or "lowrank" (rank-``rank`` deltas of every
+    # weight, free deltas of biases and μ: mpcli.meta.lowrank)
+    rank: int = 4  # with params = "lowrank"
     mu_lr_scale: float = 1.0  # step size of MoDL's μ parameters relative to ``lr``
     schedule: str = "constant"  # or "cosine": lr·½(1 + cos(π(k−1)/steps)) at step k
     warmup: int = 0  # steps of linear warm-up (lr·k/warmup) before the schedule
@@ -102,6 +105,8 @@ class AdaptConfig:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.warmup < 0 or not self.mu_lr_scale > 0:
             raise ValueError("warmup must be >= 0 and mu_lr_scale > 0")
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank!r}")
         if not 0 <= self.min_gain < 1:
             raise ValueError(f"min_gain must be in [0, 1), got {self.min_gain!r}")
 
@@ -135,6 +140,7 @@ PARAM_SETS: dict[str, Callable[[list[str]], set[str]]] = {
     "mu": lambda names: set(names) & set(MU_PARAMS),
     "biases": lambda names: {n for n in names if n in MU_PARAMS or n.endswith(".bias")},
     "head": lambda names: _output_layers(names) | (set(names) & set(MU_PARAMS)),
+    "lowrank": lambda names: set(names),  # names of ψ, the low-rank factors and deltas (adapt() reparametrises)
 }
 """Which parameters ``mp adapt`` changes (``AdaptConfig.params``), from all of the network's names."""
 
@@ -207,10 +213,16 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
     """Adapt θ* to the scans in ``batches`` (one :class:`SiteBatch` per scan).
 
     Each step takes ``slices_per_step`` random slices of one scan (scans in
-    turn), all randomness from ``config.seed``.
+    turn), all randomness from ``config.seed``. With ``params = "lowrank"`` the steps
+    are taken in ψ (:class:`~mpcli.meta.lowrank.LowRankDelta`, proximity λ/2‖ψ − ψ₀‖²);
+    the result, the curve's distances and ``distance`` are in θ's space, φ(ψ).
     """
     t0 = time.perf_counter()
     theta = tree_detach(theta)
+    prior, as_phi = theta, dict
+    if config.params == "lowrank":
+        delta = LowRankDelta(model, theta, config.rank, derive_seed(config.seed, 23))
+        model, theta, as_phi = delta, prior_params(delta), delta.merged
     loss = make_loss(config.loss, **config.loss_kw)
     splits = [holdout(b, config.val_fraction, derive_seed(config.seed, i, 17)) for i, b in enumerate(batches)]
     gen = torch.Generator().manual_seed(derive_seed(config.seed, 1))
@@ -239,14 +251,15 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
         if stopper.best_step == step:
             best_phi = phi
         record = {"step": step, "train": float(value), "val": val,
-                  "dist": float(tree_sqnorm(tree_sub(phi, theta)).sqrt())}
+                  "dist": float(tree_sqnorm(tree_sub(as_phi(phi), prior)).sqrt())}
         curve.append(record)
         if progress:
             progress(step, config.steps, record)
         if stop:
             stopped = True
             break
-    distance = float(tree_sqnorm(tree_sub(best_phi, theta)).sqrt())
+    best_phi = tree_detach(as_phi(best_phi))
+    distance = float(tree_sqnorm(tree_sub(best_phi, prior)).sqrt())
     return AdaptResult(best_phi, curve, stopper.best_step, stopped, time.perf_counter() - t0, distance,
                        asdict(config))
 
