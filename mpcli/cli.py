@@ -421,6 +421,9 @@ def adapt_cli(
                                help="What adapts: all, head (the denoiser's output side and μ), biases, mu, or "
                                "lowrank (rank-R deltas of every weight)."),
     rank: int = typer.Option(4, metavar="R", help="Rank of the deltas with --params lowrank."),
+    mu_search: bool = typer.Option(True, "--mu-search/--no-mu-search",
+                                   help="First choose MoDL's data-consistency weight μ (1/8×…8×) by the "
+                                   "held-out k-space."),
     recon: Path | None = typer.Option(None, metavar="DIR", help="Also reconstruct the scans into this folder."),
     formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
                                       help="Formats for --recon: h5, nifti or dicom; repeat for several "
@@ -440,8 +443,10 @@ def adapt_cli(
 ):
     """Adapt the shipped meta-prior to your scans from their measurements alone.
 
-    Fine-tunes the network on the acquired k-space (no ground truth), stops
-    when held-out k-space stops improving, and writes the adapted weights.
+    Chooses the network's data-consistency weight by how well it predicts
+    held-out k-space, fine-tunes the network on the acquired k-space (no ground
+    truth), stops when held-out k-space stops improving, and writes the adapted
+    weights.
 
     Examples:
 
@@ -499,7 +504,7 @@ def adapt_cli(
         dev = resolve_device(device)
         torch.manual_seed(seed)
         config = AdaptConfig(loss=loss, steps=steps, lam=lam, lr=lr, patience=patience, seed=seed, params=params,
-                             rank=rank)
+                             rank=rank, **({} if mu_search else {"mu_factors": ()}))
         with _progress() as progress:
             reading = progress.add_task("coil maps", total=len(files))
             task = progress.add_task("adapt", total=steps)
@@ -536,7 +541,9 @@ def adapt_cli(
                                   else f"ran all {len(curve) - 1} steps"))
         summary = {"weights": str(adapted.weights), "sha256": adapted.sha256, "parent_sha256": adapted.parent_sha256,
                    "steps": len(res.curve) - 1, "best_step": res.best_step, "stopped_early": res.stopped_early,
-                   "val_loss_prior": res.curve[0]["val"], "val_loss_best": min(c["val"] for c in res.curve),
+                   "mu_scale": res.mu_scale,
+                   "val_loss_prior": next((t["val"] for t in res.mu_search if t["factor"] == 1.0), res.curve[0]["val"]),
+                   "val_loss_best": min(c["val"] for c in res.curve),
                    "distance_to_prior": res.distance, "seconds": round(res.seconds, 2),
                    "plot": str(plot) if plot is not None else None,
                    "recon": json.loads(_outcomes_json(outcomes)) if outcomes else []}
@@ -548,7 +555,7 @@ def adapt_cli(
             table = Table(title="mp adapt", show_header=False)
             table.add_column(no_wrap=True)
             table.add_column(overflow="fold")  # paths and hashes wrap whole, never cut with "…"
-            for key in ("weights", "plot", "sha256", "steps", "best_step", "stopped_early", "val_loss_prior",
+            for key in ("weights", "plot", "sha256", "steps", "best_step", "mu_scale", "stopped_early", "val_loss_prior",
                         "val_loss_best", "distance_to_prior", "seconds"):
                 value = summary[key]
                 if value is not None:

@@ -91,6 +91,8 @@ def adapt_files(files: list[Path], out: Path, prior: Path | None, config, device
         "adapt": result.config,
         "curve": result.curve,
         "best_step": result.best_step,
+        "mu_scale": result.mu_scale,
+        "mu_search": result.mu_search,
         "mp_version": __version__,
     }
     sha = save_weights(out, state, metadata)

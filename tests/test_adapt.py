@@ -225,3 +225,57 @@ def test_adapt_cli_low_rank_deltas_and_bad_parameter_set(scan_file, prior_file, 
     res = runner.invoke(app, ["adapt", "--kspace", str(scan_file), "--prior", str(prior_file),
                               "--out", str(tmp_path / "x.safetensors"), "--params", "everything"])
     assert res.exit_code == EXIT_USAGE and "--params" in res.stderr and not (tmp_path / "x.safetensors").exists()
+
+
+def test_search_mu_finds_the_self_validation_minimum_and_keeps_mu_without_gain():
+    """On a loss with its minimum at μ·4 (in log k), the grid and its refinement find 4 and shift
+    ρ by log 4; where no factor beats k = 1 by min_gain, θ comes back unchanged."""
+    from mpcli.meta.adapt import search_mu
+
+    theta = {"rho_mu": torch.tensor(-5.0), "w": torch.ones(3)}
+
+    def val(phi):
+        return 1.0 + (float(phi["rho_mu"]) + 5.0 - math.log(4.0)) ** 2
+
+    phi, k, tried = search_mu(theta, val, tuple(2.0**e for e in range(-3, 4)), 1e-3)
+    assert k == pytest.approx(4.0) and float(phi["rho_mu"]) == pytest.approx(-5.0 + math.log(4.0))
+    assert torch.equal(phi["w"], theta["w"]) and len(tried) == 7 + 2
+    assert [t["factor"] for t in tried] == sorted(t["factor"] for t in tried)
+    phi, k, _ = search_mu(theta, lambda p: 1.0 - 1e-4 * float(p["rho_mu"]), (0.5, 2.0), 1e-2)
+    assert k == 1.0 and phi is theta
+    assert search_mu({"w": torch.ones(1)}, val, (0.5, 2.0), 0.0)[1:] == (1.0, [])
+
+
+def test_adapt_chooses_mu_by_self_validation_before_stepping(batch):
+    """MoDL: the kept μ factor has the lowest self-validation loss of those tried, the curve starts
+    there."""
+    torch.manual_seed(0)
+    model = build_network({"arch": "modl", "iters": 2, "features": 4, "depth": 3, "cg_iters": 2, "adaptive_mu": True})
+    theta = prior_params(model)
+    res = adapt(model, theta, [batch], AdaptConfig(steps=1, patience=100, slices_per_step=2, min_gain=0.0,
+                                                   mu_factors=(0.01, 0.1, 10.0, 100.0)))
+    best = min(res.mu_search, key=lambda t: t["val"])
+    assert res.mu_scale == best["factor"] != 1.0 and res.curve[0]["val"] == pytest.approx(best["val"])
+    assert len(res.mu_search) >= 5 and 1.0 in [t["factor"] for t in res.mu_search]
+    none = adapt(model, theta, [batch], AdaptConfig(steps=0, mu_factors=()))
+    assert none.mu_scale == 1.0 and none.mu_search == [] and none.distance == 0.0
+
+
+def test_adapt_cli_reports_the_mu_factor_and_can_skip_the_search(scan_file, tmp_path):
+    """A MoDL prior: the summary and the weight file give the μ factor chosen from 1/8…8;
+    ``--no-mu-search`` keeps the prior's μ (factor 1, nothing tried)."""
+    torch.manual_seed(0)
+    net = {"arch": "modl", "iters": 2, "features": 4, "depth": 3, "cg_iters": 2, "adaptive_mu": True}
+    prior = tmp_path / "modl.safetensors"
+    save_weights(prior, build_network(net).state_dict(), {"arch": "modl", "arch_version": ARCH_VERSION, "config": net})
+    runner = CliRunner()
+    for flag, out in (([], "a.safetensors"), (["--no-mu-search"], "b.safetensors")):
+        res = runner.invoke(app, ["adapt", "--kspace", str(scan_file), "--prior", str(prior), "--json",
+                                  "--out", str(tmp_path / out), "--steps", "1", *flag])
+        assert res.exit_code == 0, res.stderr
+        _, meta = load_weights(tmp_path / out)
+        assert json.loads(res.stdout)["mu_scale"] == meta["mu_scale"]
+        if flag:
+            assert meta["mu_scale"] == 1.0 and meta["mu_search"] == []
+        else:
+            assert 1 / 8 <= meta["mu_scale"] <= 8 and len(meta["mu_search"]) >= 8
