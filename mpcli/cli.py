@@ -421,9 +421,9 @@ def adapt_cli(
                                help="What adapts: all, head (the denoiser's output side and μ), biases, mu, or "
                                "lowrank (rank-R deltas of every weight)."),
     rank: int = typer.Option(4, metavar="R", help="Rank of the deltas with --params lowrank."),
-    mu_search: bool = typer.Option(True, "--mu-search/--no-mu-search",
-                                   help="First choose MoDL's data-consistency weight μ (1/8×…8×) by the "
-                                   "held-out k-space."),
+    no_mu_search: bool = typer.Option(False, "--no-mu-search",
+                                      help="Keep the prior's data-consistency weight μ (by default it is first "
+                                      "chosen from 1/8× to 8× by the held-out k-space)."),
     recon: Path | None = typer.Option(None, metavar="DIR", help="Also reconstruct the scans into this folder."),
     formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
                                       help="Formats for --recon: h5, nifti or dicom; repeat for several "
@@ -504,7 +504,7 @@ def adapt_cli(
         dev = resolve_device(device)
         torch.manual_seed(seed)
         config = AdaptConfig(loss=loss, steps=steps, lam=lam, lr=lr, patience=patience, seed=seed, params=params,
-                             rank=rank, **({} if mu_search else {"mu_factors": ()}))
+                             rank=rank, **({"mu_factors": ()} if no_mu_search else {}))
         with _progress() as progress:
             reading = progress.add_task("coil maps", total=len(files))
             task = progress.add_task("adapt", total=steps)
