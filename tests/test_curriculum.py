@@ -348,3 +348,13 @@ def test_validation_follows_the_training_frame_with_its_own_baseline(tmp_path):
     assert vals[-1]["gap_to_cs_db"] == pytest.approx(vals[-1]["psnr_mean"] - bases[1]["cs_mean"])
     cur.train(amended, ck, log, max_steps=1)  # resumed in the same frame: no third baseline
     assert sum(json.loads(x)["kind"] == "baseline" for x in log.read_text().splitlines()) == 2
+
+
+def test_each_step_is_validated_at_most_once(tmp_path):
+    """With validation due after every step, a stage's last step is validated once, not again at its end."""
+    config = cur.tiny_curriculum()
+    log = tmp_path / "log.jsonl"
+    cur.train(config, tmp_path / "c.safetensors", log, val_every_s=0.0)
+    vals = [(r["stage"], r["step"]) for r in map(json.loads, log.read_text().splitlines()) if r["kind"] == "val"]
+    assert len(vals) == len(set(vals)) and ("k1", config.stages[0].steps) in vals
+    assert len(vals) == sum(s.steps for s in config.stages)

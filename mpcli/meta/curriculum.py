@@ -601,9 +601,12 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
         state.theta = {k: v.detach() for k, v in theta.items()}
         save_checkpoint(checkpoint, state, config)
 
+    validated: list[tuple[str, int]] = []  # where the last validation ran: a stage's end need not repeat it
+
     def run_val(model, stage: Stage) -> None:
-        if not val_batches:
+        if not val_batches or validated[-1:] == [(stage.name, state.step)]:
             return
+        validated.append((stage.name, state.step))
         vals = validate(model, theta, config, val_batches)
         rec = {"kind": "val", "stage": stage.name, "step": state.step, "wall_h": round(state.wall_s / 3600, 4),
                "frame": config.maps, "psnr": vals, "psnr_mean": float(np.mean(vals))}
