@@ -54,8 +54,9 @@ from mpcli.scan import Scan
 class AdaptConfig:
     """Adaptation settings.
 
-    Defaults: SSDU, λ = 0.01, Adam 1e-3 — the inner problem the shipped prior
-    was meta-trained with. ``bench/adapt_defaults.py`` (bench/results/
+    Defaults: SSDU, λ = 0.01, Adam 1e-3 — the inner problem of the meta-training
+    stages (the first prior's, the curriculum's ``meta``), after a search of μ
+    (``mu_factors``, :func:`search_mu`). ``bench/adapt_defaults.py`` (bench/results/
     adapt_defaults.md) ranked plain MC first on its two held-out tasks (+1.0 dB
     mean gain over the prior vs +0.3–0.4 dB for SSDU, mostly from one task), but
     on the sample scan MC lost 0.36 dB against the prior while SSDU gained

@@ -7,8 +7,8 @@ matrix ℝ^{o × n} (n = i·k·k), the adapted weight is (LoRA, Hu et al. 2022):
 
 and every other parameter (biases, MoDL's μ) moves by a free delta d, p(ψ) = p* + d.
 ψ₀ = (U = 0, V ~ N(0, 1/n), d = 0), so φ(ψ₀) = θ* exactly. A rank-r delta of a
-conv layer has r·(o + n) entries instead of o·n: for the shipped U-Net at r = 4,
-~40 k of 482 k. The inner problem is then solved over ψ, with the proximity term
+conv layer has r·(o + n) entries instead of o·n: for the shipped U-Net at r = 4, ψ has
+32 k entries against θ's 487 k. The inner problem is then solved over ψ, with the proximity term
 λ/2‖ψ − ψ₀‖²; what is returned is φ(ψ), a full set of the network's parameters.
 Weights whose matrix has min(o, n) ≤ r gain nothing from a low-rank delta and move
 by a free delta as well.
