@@ -291,7 +291,8 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
 
     phi, state = dict(theta), init_opt_state(config.optimizer, theta)
     best_phi, stopper = phi, EarlyStopping(config.patience, config.min_gain)
-    stopper.update(0, val_of(phi))
+    searched = {t["factor"]: t["val"] for t in mu_tried}  # φ₀'s loss, when the search measured it
+    stopper.update(0, searched[mu_scale] if mu_scale in searched else val_of(phi))
     curve = [{"step": 0, "train": None, "val": stopper.best,
               "dist": float(tree_sqnorm(tree_sub(as_phi(phi), prior)).sqrt())}]
     stopped = False
