@@ -35,6 +35,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -352,25 +353,36 @@ def run_adapt(vol: Volume, model: torch.nn.Module, start: Params, config: AdaptC
 
 def train_supervised(model: torch.nn.Module, start: Params, task: Task, steps: int = 150,
                      batch: int = 4, pool: int = 32, lr: float = 1e-3, seed: int = 0,
-                     device: torch.device | str = "cpu") -> tuple[Params, dict]:
+                     device: torch.device | str = "cpu", loss: str = "l2",
+                     on_step: Callable[[int, Params], None] | None = None) -> tuple[Params, dict]:
     """Supervised fine-tuning of ``start`` on fresh slices of ``task`` (an oracle).
 
     ``pool`` training slices (indices from TRAIN_START, never the test slices)
     are simulated once with ESPIRiT maps (see :func:`training_batch`); each of
     ``steps`` Adam steps (lr, no proximal term) takes ``batch`` of them at
-    random and minimises the supervised ℓ2 loss ‖f(y, A) − x_t‖².
+    random and minimises the supervised ``loss`` (``"l2"``: ‖f(y, A) − x_t‖²;
+    ``"psnr"``: −PSNR, the curriculum's). ``on_step(k, φ_k)`` is called after
+    step k (and with k = 0 before the first); its time is not counted.
     """
     t0 = time.perf_counter()
     data = training_batch(task, pool, seed, device)
-    loss = make_loss("l2")
+    fn = make_loss(loss)
     gen = torch.Generator().manual_seed(seed)
     phi, state = dict(start), init_opt_state("adam", start)
-    for _ in range(steps):
+    paused = 0.0
+    for k in range(steps + 1):
+        if on_step is not None:
+            t = time.perf_counter()
+            on_step(k, phi)
+            paused += time.perf_counter() - t
+        if k == steps:
+            break
         idx = torch.randperm(pool, generator=gen)[:batch].to(data.y.device)
         b = Batch(data.x[idx], data.y[idx], Sense(data.A.maps[idx], data.A.mask[idx]))
-        phi, state, _ = inner_step(model, phi, start, b, loss, lr, 0.0, state)
+        phi, state, _ = inner_step(model, phi, start, b, fn, lr, 0.0, state)
         phi = tree_detach(phi)
-    return phi, {"steps": steps, "batch": batch, "pool": pool, "lr": lr, "seconds": time.perf_counter() - t0}
+    return phi, {"steps": steps, "batch": batch, "pool": pool, "lr": lr, "loss": loss,
+                 "seconds": time.perf_counter() - t0 - paused}
 
 
 def run_oracle(vol: Volume, model: torch.nn.Module, theta: Params, steps: int = 150, batch: int = 4,

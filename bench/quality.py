@@ -30,7 +30,7 @@ adapt ≥ best classical + 1.5 dB (mean over tasks of adapt − the task's best
 classical PSNR), adapt > no adaptation, adapt > random-init adaptation, and
 adapt within 1 dB of the oracle (mean PSNRs).
 
-    python bench/quality.py                       # default: 3 tasks × 4 slices (≤ 15 min, 2 idle cores)
+    python bench/quality.py                       # default: 4 tasks × 4 slices (~10 min, 1 thread)
     python bench/quality.py --families every --slices 8  # all seven families (GPU)
     python bench/quality.py --quick --prior /tmp/prior.safetensors
 """
