@@ -200,6 +200,24 @@ def test_stages_not_started_may_change_on_resume(tmp_path):
         cur.train(dataclasses.replace(changed, stages=[first, later]), ck, None)
 
 
+def test_a_finished_curriculum_continues_with_appended_stages(tmp_path):
+    """After its last stage a run may take more stages (from its θ and θ̄; a new stage starts
+    a new Adam, as every stage does); the stages it trained may still not change."""
+    config = cur.tiny_curriculum()
+    ck = tmp_path / "c.safetensors"
+    done = cur.train(config, ck, None)
+    assert done.stage == len(config.stages)
+    again = cur.train(config, ck, None)  # nothing left: returns at once
+    assert (again.stage, again.step) == (done.stage, done.step)
+    more = dataclasses.replace(config, stages=[*config.stages, dataclasses.replace(config.stages[-1], name="meta2")])
+    state = cur.train(more, ck, None)
+    assert state.stage == 3 and state.wall_s > done.wall_s
+    assert any(not torch.equal(state.theta[k], done.theta[k]) for k in done.theta)
+    changed = dataclasses.replace(more, stages=[dataclasses.replace(config.stages[0], lr=1.0), *more.stages[1:]])
+    with pytest.raises(ModelError, match="stages"):
+        cur.train(changed, ck, None)
+
+
 def test_amend_adds_parameters_logs_the_change_and_keeps_the_function(tmp_path):
     """A running recipe may change (adaptive μ, loss, μ step size): new parameters start at
     values that leave the network's output unchanged, and the log records where."""
