@@ -4,7 +4,8 @@
 
 Reads the JSONL log of :mod:`mpcli.meta.curriculum` (``baseline``, ``train``, ``val``,
 ``amend`` records); draws the network's mean validation PSNR (one colour per stage; the
-averaged θ̄ too where the run keeps one; each validation frame apart), the tuned
+averaged θ̄ too where the run keeps one, and in meta stages θ̄ after the inner steps;
+each validation frame apart), the tuned
 L1-wavelet CS and zero-filled means as horizontal lines, where the recipe was amended, and
 the training loss below (L1 on a log axis; −PSNR dB on the right axis after an amend to it).
 Prints the last validation record and the per-step cost of each stage (median s/step).
@@ -42,6 +43,11 @@ def main(log: str, out: str) -> None:
         if averaged:
             ax.plot(*zip(*averaged), "s--", color="tab:green", ms=4,
                     label="averaged θ̄ (what is exported)" if i == 0 else None)
+        adapted = [(r["wall_h"], r["psnr_adapted_mean"]) for r in vals
+                   if "psnr_adapted_mean" in r and r.get("frame", "true") == frame]
+        if adapted:
+            ax.plot(*zip(*adapted), "^:", color="tab:red", ms=5,
+                    label="θ̄ after the inner steps (meta stages)" if i == 0 else None)
     end = max([r["wall_h"] for r in recs if "wall_h" in r] or [1.0])
     for i, b in enumerate(bases):  # each baseline holds until the next one (a change of frame)
         x0, x1 = b.get("wall_h", 0.0) if i else 0.0, bases[i + 1]["wall_h"] if i + 1 < len(bases) else end
@@ -83,7 +89,8 @@ def main(log: str, out: str) -> None:
         last = vals[-1]
         print(f"last validation: stage {last['stage']} step {last['step']} at {last['wall_h']:.2f} h: "
               f"{last['psnr_mean']:.2f} dB ({last.get('gap_to_cs_db', float('nan')):+.2f} dB vs CS)"
-              + (f", averaged θ̄ {last['psnr_ema_mean']:.2f} dB" if "psnr_ema_mean" in last else ""))
+              + (f", averaged θ̄ {last['psnr_ema_mean']:.2f} dB" if "psnr_ema_mean" in last else "")
+              + (f", after the inner steps {last['psnr_adapted_mean']:.2f} dB" if "psnr_adapted_mean" in last else ""))
     for stage in dict.fromkeys(r["stage"] for r in train):
         s = [r["s_per_step"] for r in train if r["stage"] == stage]
         print(f"stage {stage}: median {statistics.median(s):.2f} s/step over {len(s)} log records")

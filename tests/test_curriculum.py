@@ -376,3 +376,22 @@ def test_each_step_is_validated_at_most_once(tmp_path):
     vals = [(r["stage"], r["step"]) for r in map(json.loads, log.read_text().splitlines()) if r["kind"] == "val"]
     assert len(vals) == len(set(vals)) and ("k1", config.stages[0].steps) in vals
     assert len(vals) == sum(s.steps for s in config.stages)
+
+
+def test_meta_stages_also_validate_after_the_inner_steps(tmp_path):
+    """A meta stage's validation adds the exported weights' PSNR after the inner problem it trains
+    for (run on each task's own measurements); supervised stages do not; the figure is reproducible
+    and is the unadapted one moved by the inner steps."""
+    config = cur.tiny_curriculum()
+    log = tmp_path / "log.jsonl"
+    state = cur.train(config, tmp_path / "c.safetensors", log, val_every_s=0.0)
+    vals = [r for r in map(json.loads, log.read_text().splitlines()) if r["kind"] == "val"]
+    assert all(("psnr_adapted" in r) == (r["stage"] == "meta") for r in vals)
+    last = vals[-1]
+    assert len(last["psnr_adapted"]) == len(config.val_tasks)
+    model = cur._stage_model(config, config.stages[-1])
+    batches = cur._val_batches(config)
+    weights = state.ema or state.theta
+    again = cur.validate_adapted(model, weights, config, batches)
+    assert again == pytest.approx(last["psnr_adapted"], abs=1e-4)
+    assert again != pytest.approx(cur.validate(model, weights, config, batches), abs=1e-6)

@@ -60,7 +60,7 @@ from mpcli.recon.network import MU_PARAMS
 FORMAT = "mpcli-curriculum-checkpoint"
 MAPS = ("true", "espirit")  # CurriculumConfig.maps
 CS_LAMBDAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-_TASKS, _SAMPLE, _INNER, _OUTER = range(4)
+_TASKS, _SAMPLE, _INNER, _OUTER, _VAL_INNER = range(5)
 
 
 @dataclass
@@ -321,6 +321,25 @@ def validate(model, theta: Params, config: CurriculumConfig, batches: list) -> l
     f = bind(model, {k: v.detach() for k, v in theta.items()})
     with torch.no_grad():
         return [_scored(f(b.y, b.A), b, config) for b in batches]
+
+
+def validate_adapted(model, theta: Params, config: CurriculumConfig, batches: list) -> list[float]:
+    """The network's mean PSNR per validation task after the meta stages' inner problem, run on
+    the task's own measurements: φ = ``config.inner["steps"]`` steps of the measurement-only
+    ``config.inner["loss"]`` + λ/2‖φ − θ‖² from θ (first order, its own seeded splits), then
+    f_φ scored as :func:`validate` scores f_θ. What a meta stage trains θ for; the unadapted
+    figure alone falls while it works (θ̄ 39.56 → 38.85 dB over the first meta stage)."""
+    from mpcli.meta.inner import inner_loop
+
+    loss = make_loss(config.inner["loss"])
+    out = []
+    for i, b in enumerate(batches):
+        reseed(loss, derive_seed(config.seed, i, _VAL_INNER))
+        phi = inner_loop(model, {k: v.detach() for k, v in theta.items()}, b, loss, config.inner["steps"],
+                         config.inner["lr"], config.inner["lam"], config.inner["optimizer"], create_graph=False)
+        with torch.no_grad():
+            out.append(_scored(bind(model, phi)(b.y, b.A), b, config))
+    return out
 
 
 def _draw(config: CurriculumConfig, j: int, stage: Stage, step: int, i: int):
@@ -621,6 +640,9 @@ def train(config: CurriculumConfig, checkpoint: Path, log: Path | None = None, *
         if state.ema:
             ema = validate(model, state.ema, config, val_batches)
             rec["psnr_ema"], rec["psnr_ema_mean"] = ema, float(np.mean(ema))
+        if stage.mode == "meta":  # what the stage trains for: the exported weights after the inner steps
+            adapted = validate_adapted(model, state.ema or theta, config, val_batches)
+            rec["psnr_adapted"], rec["psnr_adapted_mean"] = adapted, float(np.mean(adapted))
         write(rec)
 
     with Prefetcher(functools.partial(_draw_at, config), workers) as prefetch:
