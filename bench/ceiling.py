@@ -15,7 +15,7 @@ reconstruction a matter of *adaptation* (the ceiling is far above CS) or of the
 *network and its training* (the ceiling is not)? Its seconds are those of this
 machine's training step, for a measured compute figure instead of a guess.
 
-    python bench/ceiling.py --threads 1                       # 4 tasks, 300 steps: ~30 min, 1 thread
+    python bench/ceiling.py --threads 1                       # 4 tasks, 300 steps: ~20 min, 1 thread
     python bench/ceiling.py --prior P --steps 1000 --evals 0,100,300,1000
     python bench/ceiling.py --quick
 """

@@ -191,7 +191,7 @@ def default_curriculum(seed: int = 0) -> CurriculumConfig:
     # 3 000 steps at up to 384² would have taken ~30 h of this machine.
     # meta2 (appended when meta ended, 12.2 h) is more of the same: after meta's 600 steps mp adapt keeps
     # gradient steps (+1.5 dB over the unadapted θ̄ on bench/quality.py's tasks, against +0.4 before) but
-    # from a start 1.6 dB lower, 0.4 dB under the shipped prior over 8 held-out tasks; whether more
+    # from a start 0.7–1.6 dB lower, 0.4 dB under the shipped prior over 8 held-out tasks; whether more
     # bilevel steps close that is what meta2 measures
     return CurriculumConfig(network={**MODL_UNET, "adaptive_mu": True}, tasks=SCAN_TRAIN_FAMILY.to_config(),
                             stages=stages, val_tasks=default_validation_tasks(), seed=seed, loss="psnr",
