@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     device = c.setup(args)
     model, theta, sha, _ = c.load_prior(args.prior, device)
     t0 = time.perf_counter()
-    rows, curves = [], []
+    rows = []
     for fam in [f.strip() for f in args.families.split(",") if f.strip()]:
         task = c.draw_task(fam, args.seed)
         print(f"[{fam}] {c.task_label(task)}", file=sys.stderr)
@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         curve, seconds = supervised_curve(vol, model, theta, args, evals)
         rows.append([fam, c.task_label(task), sense, cs, *[curve[k] for k in evals], max(curve.values()) - cs,
                      seconds / max(args.steps, 1)])
-        curves.append([curve[k] - cs for k in evals])
-    gaps = np.array(curves)  # [tasks, evals]: network − tuned CS
+    gaps = np.array([[r[4 + i] - r[3] for i in range(len(evals))] for r in rows])  # [tasks, evals]: network − cs*
     rows.append(["mean", "", float(np.mean([r[2] for r in rows])), float(np.mean([r[3] for r in rows])),
                  *[float(np.mean([r[4 + i] for r in rows])) for i in range(len(evals))],
                  float(np.mean([r[4 + len(evals)] for r in rows])), float(np.mean([r[-1] for r in rows]))])
