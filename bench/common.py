@@ -57,7 +57,7 @@ from mpcli.recon.classical import cg_sense, l1_wavelet, zero_filled
 from mpcli.recon.network import build_network
 
 DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "mpcli/weights/meta_prior.safetensors"
-CS_LAMS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # λ grid of the ground-truth-tuned CS
+CS_LAMS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # λ grid of the ground-truth-tuned CS
 SENSE_TIKHONOV = 1e-2
 TEST_START = 0  # example index j of the first test slice (plus 10 000 × seed)
 TRAIN_START = 5_000_000  # first index of slices used for training (disjoint from the test slices)

@@ -130,6 +130,56 @@ def test_cs_result_does_not_depend_on_data_scale():
     assert _rel(b / 1000, a) < 1e-3
 
 
+def _scaled_data(mask):
+    """Shepp–Logan k-space under ``mask`` at the scale ``l1_wavelet`` solves at (99th pct ≈ 1)."""
+    img, maps = _truth()
+    y = fft2c(maps * img[:, None]) * mask
+    return img, maps, y / float(torch.quantile(zero_filled(y).flatten(), 0.99))
+
+
+def test_cs_without_cycle_spinning_is_sigpys_l1_wavelet_recon():
+    from sigpy.mri.app import L1WaveletRecon
+
+    mask = _line_mask(N, 4, 8, seed=0).expand(1, 1, N, N)
+    _, maps, y = _scaled_data(mask)
+    ours = l1_wavelet(y, maps, mask, lam=3e-3, iters=50, cycle_spin=False)[0]
+    ref = L1WaveletRecon(y[0].numpy(), maps[0].numpy(), 3e-3, weights=mask[0, 0].numpy(),
+                         max_iter=50, show_pbar=False).run()
+    assert _rel(ours, torch.from_numpy(ref)) < 1e-3
+
+
+@pytest.mark.parametrize("kind", ["poisson", "lines"])
+def test_cycle_spinning_is_reproducible_and_lowers_the_error(kind):
+    if kind == "poisson":
+        mask = torch.from_numpy(mr.poisson((N, N), 4, calib=(12, 12), seed=0).real.astype(np.float32))[None, None]
+    else:
+        mask = _line_mask(N, 4, 8, seed=0).expand(1, 1, N, N)
+    img, maps = _truth()
+    y = fft2c(maps * img[:, None]) * mask
+    plain = l1_wavelet(y, maps, mask, lam=3e-3, cycle_spin=False)
+    spun = l1_wavelet(y, maps, mask, lam=3e-3)
+    assert torch.equal(spun, l1_wavelet(y, maps, mask, lam=3e-3))
+    assert _rel(spun.abs(), img.abs()) < 0.9 * _rel(plain.abs(), img.abs())
+
+
+def test_random_shift_leaves_a_shift_equivariant_prox_unchanged():
+    from mpcli.recon.wavelet import RandomShift
+
+    x = np.random.default_rng(0).standard_normal((2, 12, 10)) + 0j  # [.., H, W]
+    soft = sp.prox.L1Reg(x.shape, 0.5)  # pixelwise: commutes with any roll
+    shifted = RandomShift(soft, (12, 10), np.random.default_rng(1))
+    for _ in range(3):
+        np.testing.assert_allclose(shifted(1.0, x), soft(1.0, x), atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [8, 31, 64, 100, 256, 320, 384])
+def test_wavelet_depth_is_pywavelets_max_level(n):
+    pywt = pytest.importorskip("pywt")
+    from mpcli.recon.wavelet import wavelet_depth
+
+    assert wavelet_depth(n) == max(1, pywt.dwt_max_level(n, pywt.Wavelet("db4").dec_len))
+
+
 def _scan(kspace, mask, recon_size):
     return Scan(
         kspace=kspace,

@@ -5,9 +5,10 @@
 - CG-SENSE (Pruessmann 2001): solve (AᴴA + μI) x = Aᴴy by conjugate gradients
   (Tikhonov μ ≥ 0), batched over slices, pure torch, on any device.
 - L1-wavelet CS (Lustig 2007): argmin_x ½‖A x − y‖² + λ‖Ψ x‖₁ (Ψ a Daubechies-4
-  wavelet), solved by sigpy's ``L1WaveletRecon`` (accelerated proximal
-  gradient), one slice at a time, on CuPy when the data are on a CUDA GPU and
-  CuPy is installed, else on the CPU.
+  wavelet), solved by FISTA on sigpy's operators with cycle spinning (a random
+  shift of the wavelet grid every iteration, as BART's ``pics``; see
+  :mod:`mpcli.recon.wavelet`), one slice at a time, on CuPy when the data are
+  on a CUDA GPU and CuPy is installed, else on the CPU.
 
 Scale for CS: λ only means the same thing across scans if the data have the
 same scale. Each slice is divided by ``s`` = the 99th percentile of its
@@ -67,6 +68,7 @@ def l1_wavelet(
     lam: float,
     iters: int = 100,
     device: torch.device | str | None = None,
+    cycle_spin: bool = True,
 ) -> torch.Tensor:
     """L1-wavelet CS: argmin_x ½‖M(F S x − y)‖² + λ‖Ψ x‖₁, slice by slice.
 
@@ -78,12 +80,15 @@ def l1_wavelet(
         lam: λ, relative to the image scale (see the module docstring).
         iters: proximal-gradient iterations.
         device: where to compute (default: the device of ``kspace``).
+        cycle_spin: shift the wavelet grid at random every iteration; False
+            gives sigpy's plain ``L1WaveletRecon`` solution. Random draws are
+            seeded by the slice index, so results are reproducible.
 
     Returns:
         ``[S, H, W]`` complex64 images, on the device of ``kspace``, at the
         scale of the data.
     """
-    from sigpy.mri.app import L1WaveletRecon  # lazy: heavy import
+    from mpcli.recon.wavelet import solve  # lazy: imports sigpy
 
     out_device = kspace.device
     dev_id = sigpy_device_id(torch.device(device) if device is not None else out_device)
@@ -93,16 +98,17 @@ def l1_wavelet(
         ksp = kspace[s].to(torch.complex64)  # [C, H, W]
         scale = float(torch.quantile(zero_filled(ksp[None]).flatten(), 0.99))
         scale = scale if scale > 0 else 1.0
-        app = L1WaveletRecon(
+        x = solve(
             to_xp(ksp / scale, dev_id),
             to_xp(maps[s].to(torch.complex64), dev_id),
+            to_xp(mask[s, 0].to(torch.float32), dev_id),
             lam,
-            weights=to_xp(mask[s, 0].to(torch.float32), dev_id),
-            device=dev_id,
-            max_iter=iters,
-            show_pbar=False,
+            iters,
+            seed=s,
+            cycle_spin=cycle_spin,
+            device_id=dev_id,
         )
-        images.append(from_xp(app.run(), out_device).to(torch.complex64) * scale)  # [H, W]
+        images.append(from_xp(x, out_device).to(torch.complex64) * scale)  # [H, W]
     return torch.stack(images)  # [S, H, W]
 
 

@@ -1,0 +1,93 @@
+"""L1-wavelet CS with cycle spinning, on sigpy's linear operators and solvers.
+
+Solves argmin_x ½‖W^½(F S x − y)‖² + λ‖Ψ x‖₁ (W the sampling mask used as
+weights, S the coil maps, Ψ an orthogonal Daubechies-4 wavelet) by FISTA
+(sigpy ``LinearLeastSquares`` with a proximal g), as sigpy's ``L1WaveletRecon``
+does, with one change: **cycle spinning** (Coifman & Donoho 1995; Figueiredo &
+Nowak 2003). Each iteration's wavelet shrinkage is applied to the image rolled
+by a random shift δ, 0 ≤ δ_d < 2^L per axis (L the wavelet depth), and the
+result is rolled back:
+
+    prox(x) = R₋δ Ψᴴ soft(Ψ R_δ x, αλ) ,   δ redrawn every iteration.
+
+A fixed orthogonal wavelet is not shift-invariant: its thresholding leaves
+blocky artefacts aligned with the dyadic grid. Averaged over shifts the
+regulariser becomes shift-invariant at the cost of nothing per iteration.
+BART's ``pics -R W`` does the same. Measured on ``bench/quality.py``'s held-out
+tasks: +0.4 to +2.7 dB over the unshifted solver at the best λ of each, same
+time (``bench/cs_shifts.py``).
+
+The shifts, and the start of the power iteration that sets the step, come
+from a generator seeded by the caller, so a reconstruction is reproducible.
+
+This module imports sigpy at load time; :mod:`mpcli.recon.classical` imports it
+lazily.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import sigpy as sp
+from sigpy.mri.linop import Sense
+
+DAUBECHIES_4 = "db4"
+_FILTER_LENGTH = 8  # taps of db4
+
+
+def wavelet_depth(n: int, filter_length: int = _FILTER_LENGTH) -> int:
+    """Decomposition levels of a length-``n`` axis (PyWavelets' ``dwt_max_level``, ≥ 1)."""
+    return max(1, math.floor(math.log2(n / (filter_length - 1))))
+
+
+class RandomShift(sp.prox.Prox):
+    """prox(x) = R₋δ inner(R_δ x) with a fresh random roll δ over the last two axes per call.
+
+    ``max_shift`` is (δ_max_y, δ_max_x): δ_d is uniform in [0, δ_max_d).
+    """
+
+    def __init__(self, inner: sp.prox.Prox, max_shift: tuple[int, int], rng: np.random.Generator):
+        self.inner, self.max_shift, self.rng = inner, max_shift, rng
+        super().__init__(inner.shape)
+
+    def _prox(self, alpha, input):
+        xp = sp.get_device(input).xp
+        shift = tuple(int(self.rng.integers(0, m)) for m in self.max_shift)
+        out = self.inner(alpha, xp.roll(input, shift, axis=(-2, -1)))
+        return xp.roll(out, tuple(-s for s in shift), axis=(-2, -1))
+
+
+def solve(y, maps, weights, lam: float, iters: int, seed: int, cycle_spin: bool = True,
+          device_id: int = -1):
+    """One slice: ``y`` ``[C, H, W]``, ``maps`` ``[C, H, W]``, ``weights`` ``[H, W]`` (NumPy, or
+    CuPy on GPU ``device_id``; −1 is the CPU) → the ``[H, W]`` complex image, on the same device.
+
+    ``seed`` seeds the power iteration that sets the step 1/‖AᴴA‖ (sigpy's own draws from the
+    global random state) and the shifts; ``cycle_spin=False`` gives sigpy's plain solver.
+    """
+    device = sp.Device(device_id)
+    rng = np.random.default_rng(seed)
+    A = Sense(maps, weights=weights)
+    shape = tuple(maps.shape[1:])  # (H, W)
+    Psi = sp.linop.Wavelet(shape, wave_name=DAUBECHIES_4)
+    proxg = sp.prox.UnitaryTransform(sp.prox.L1Reg(Psi.oshape, lam), Psi)
+    if cycle_spin:
+        proxg = RandomShift(proxg, tuple(2 ** wavelet_depth(n) for n in shape), rng)
+    with device:
+        y = y * weights**0.5  # the data term is ½‖W^½(A x − y)‖², as in L1WaveletRecon
+    max_eig = _max_eigenvalue(A.N, rng, device)
+    app = sp.app.LinearLeastSquares(A, y, proxg=proxg, max_iter=iters, show_pbar=False,
+                                    alpha=1.0 / max_eig if max_eig > 0 else 1.0)
+    return app.run()
+
+
+def _max_eigenvalue(normal: sp.linop.Linop, rng: np.random.Generator, device, iters: int = 30) -> float:
+    """‖AᴴA‖ by 30 power iterations from a seeded complex Gaussian start."""
+    shape = tuple(normal.ishape)
+    x0 = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    power = sp.alg.PowerMethod(normal, sp.to_device(x0, device), max_iter=iters)
+    with device:
+        while not power.done():
+            power.update()
+    return float(power.max_eig)
