@@ -395,3 +395,37 @@ def test_meta_stages_also_validate_after_the_inner_steps(tmp_path):
     again = cur.validate_adapted(model, weights, config, batches)
     assert again == pytest.approx(last["psnr_adapted"], abs=1e-4)
     assert again != pytest.approx(cur.validate(model, weights, config, batches), abs=1e-6)
+
+
+def test_an_anchored_meta_stage_adds_the_unadapted_query_loss_to_the_outer_gradient():
+    """anchor α: ∂/∂θ [L(f_φ) + α·L(f_θ)] on the query = the plain hypergradient + α·∂L(f_θ)/∂θ."""
+    from mpcli.meta.batches import take
+    from mpcli.meta.losses import make_loss
+
+    config = cur.tiny_curriculum()
+    plain = config.stages[-1]
+    anchored = dataclasses.replace(plain, anchor=0.5)
+    model = cur._stage_model(config, plain)
+    theta = {k: v.detach().clone().requires_grad_(True) for k, v in cur.initial_state(config).theta.items()}
+    batch = cur._val_batches(dataclasses.replace(config, val_slices=plain.slices))[0]
+    loss_fn = make_loss(config.loss)
+
+    def gradient(stage):
+        return cur._gradient(config, 1, stage, 0, 0, model, theta, batch, loss_fn, make_loss(config.inner["loss"]))
+
+    (g0, v0), (g1, v1) = gradient(plain), gradient(anchored)
+    query = take(batch, slice(1, 2))
+    start = loss_fn(cur.bind(model, theta)(query.y, query.A), query.y, query.A, None, query.x)
+    direct = dict(zip(theta, torch.autograd.grad(start, list(theta.values()), allow_unused=True)))
+    for k in theta:
+        want = g0[k] if direct[k] is None else g0[k] + 0.5 * direct[k]
+        torch.testing.assert_close(g1[k], want, rtol=1e-5, atol=1e-7)
+    assert float(v1) == pytest.approx(float(v0) + 0.5 * float(start.detach()), rel=1e-5)
+    assert any(direct[k] is not None and direct[k].abs().sum() > 0 for k in theta)
+
+
+def test_only_meta_stages_take_a_non_negative_anchor():
+    with pytest.raises(ValueError, match="anchor"):
+        cur.Stage("k1", steps=1, iters=1, lr=1e-3, anchor=1.0)
+    with pytest.raises(ValueError, match="anchor"):
+        cur.Stage("m", steps=1, iters=1, lr=1e-3, mode="meta", anchor=-1.0)
