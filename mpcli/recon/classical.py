@@ -82,7 +82,7 @@ def l1_wavelet(
         device: where to compute (default: the device of ``kspace``).
         cycle_spin: shift the wavelet grid at random every iteration; False
             gives sigpy's plain ``L1WaveletRecon`` solution. Random draws are
-            seeded by the slice index, so results are reproducible.
+            seeded by the slice's index in ``kspace``, so a call is reproducible.
 
     Returns:
         ``[S, H, W]`` complex64 images, on the device of ``kspace``, at the
