@@ -62,6 +62,7 @@ lint: $(STAMP)
 # Benchmarks print tables (see README); they are not tests. ~1.5 h on 2 CPU cores.
 bench: $(STAMP)
 	$(BIN)/python bench/classical.py
+	$(BIN)/python bench/cs_shifts.py
 	$(BIN)/python bench/coil_maps.py
 	$(BIN)/python bench/coil_acs.py
 	$(BIN)/python bench/quality.py

@@ -10,7 +10,7 @@ PSNR against the coil-combined truth inside the maps' support (as
 the grid (λ tuned on the truth: optimistic for all three), the λ it chose, and
 seconds per slice at that λ.
 
-    python bench/cs_shifts.py --threads 1          # 4 families × seeds 0, 1 × 2 slices, ~10 min
+    python bench/cs_shifts.py --threads 1          # 4 families × seeds 0, 1 × 2 slices, ~5 min, 1 thread
 """
 
 from __future__ import annotations
