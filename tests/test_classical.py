@@ -162,6 +162,22 @@ def test_cycle_spinning_is_reproducible_and_lowers_the_error(kind):
     assert _rel(spun.abs(), img.abs()) < 0.9 * _rel(plain.abs(), img.abs())
 
 
+def test_cs_from_a_start_image_keeps_it_as_the_weight_on_it_grows():
+    """μ/2‖x − x₀‖²: μ → ∞ returns the start x₀; μ = 0 from x₀ is CS started there (a different
+    early-stopped iterate, same problem); a weight without a start is refused."""
+    img, maps = _truth()
+    mask = _line_mask(N, 4, 8, seed=0).expand(1, 1, N, N)
+    y = fft2c(maps * img[:, None]) * mask
+    start = img * 0.9  # [1, H, W], a close but imperfect image
+    kept = l1_wavelet(y, maps, mask, lam=1e-3, iters=30, start=start, mu=1e4)
+    assert _rel(kept, start) < 1e-3
+    cold = l1_wavelet(y, maps, mask, lam=1e-3, iters=30)
+    warm = l1_wavelet(y, maps, mask, lam=1e-3, iters=30, start=start)
+    assert _rel(warm.abs(), img.abs()) < _rel(cold.abs(), img.abs())
+    with pytest.raises(ValueError, match="start"):
+        l1_wavelet(y, maps, mask, lam=1e-3, mu=0.1)
+
+
 def test_random_shift_leaves_a_shift_equivariant_prox_unchanged():
     from mpcli.recon.wavelet import RandomShift
 

@@ -70,8 +70,10 @@ def l1_wavelet(
     iters: int = 100,
     device: torch.device | str | None = None,
     cycle_spin: bool = True,
+    start: torch.Tensor | None = None,
+    mu: float = 0.0,
 ) -> torch.Tensor:
-    """L1-wavelet CS: argmin_x ½‖M(F S x − y)‖² + λ‖Ψ x‖₁, slice by slice.
+    """L1-wavelet CS: argmin_x ½‖M(F S x − y)‖² + λ‖Ψ x‖₁ [+ μ/2‖x − x₀‖²], slice by slice.
 
     Args:
         kspace: ``[S, C, H, W]`` complex k-space.
@@ -84,6 +86,10 @@ def l1_wavelet(
         cycle_spin: shift the wavelet grid at random every iteration; False
             gives sigpy's plain ``L1WaveletRecon`` solution. Random draws are
             seeded by the slice's index in ``kspace``, so a call is reproducible.
+        start: ``[S, H, W]`` complex image x₀ at the scale of the data (e.g. a
+            network's reconstruction) the iterations start from (default 0).
+        mu: with ``start``, the weight of the proximity term μ/2‖x − x₀‖², relative
+            to the scaled data term (‖AᴴA‖ ≈ 1 for unit-RSS maps); 0 adds none.
 
     Returns:
         ``[S, H, W]`` complex64 images, on the device of ``kspace``, at the
@@ -94,11 +100,14 @@ def l1_wavelet(
     out_device = kspace.device
     dev_id = sigpy_device_id(torch.device(device) if device is not None else out_device)
     mask = torch.broadcast_to(mask, (kspace.shape[0], 1, *kspace.shape[-2:]))  # [S, 1, H, W]
+    if mu > 0 and start is None:
+        raise ValueError("mu > 0 needs a start image")
     images = []
     for s in range(kspace.shape[0]):
         ksp = kspace[s].to(torch.complex64)  # [C, H, W]
         scale = float(torch.quantile(zero_filled(ksp[None]).flatten(), 0.99))
         scale = scale if scale > 0 else 1.0
+        x0 = None if start is None else to_xp((start[s] / scale).to(torch.complex64), dev_id)  # [H, W]
         x = solve(
             to_xp(ksp / scale, dev_id),
             to_xp(maps[s].to(torch.complex64), dev_id),
@@ -108,6 +117,9 @@ def l1_wavelet(
             seed=s,
             cycle_spin=cycle_spin,
             device_id=dev_id,
+            x0=x0,
+            prior=x0,
+            mu=mu,
         )
         images.append(from_xp(x, out_device).to(torch.complex64) * scale)  # [H, W]
     return torch.stack(images)  # [S, H, W]

@@ -59,13 +59,17 @@ class RandomShift(sp.prox.Prox):
 
 
 def solve(y, maps, weights, lam: float, iters: int, seed: int, cycle_spin: bool = True,
-          device_id: int = -1):
+          device_id: int = -1, x0=None, prior=None, mu: float = 0.0):
     """One slice: ``y`` ``[C, H, W]``, ``maps`` ``[C, H, W]``, ``weights`` ``[H, W]`` (NumPy, or
     CuPy on GPU ``device_id``; −1 is the CPU) → the ``[H, W]`` complex image, on the same device.
 
-    ``seed`` seeds the power iteration that sets the step 1/‖AᴴA‖ (sigpy's own draws from the
-    global random state) and the shifts; ``cycle_spin=False`` gives sigpy's plain solver.
+    ``seed`` seeds the power iteration that sets the step 1/‖AᴴA + μI‖ (sigpy's own draws from
+    the global random state) and the shifts; ``cycle_spin=False`` gives sigpy's plain solver.
+    ``x0`` ``[H, W]`` starts the iterations (default 0); with ``mu`` > 0 the objective gains
+    μ/2‖x − ``prior``‖² (a prior image ``[H, W]``, e.g. a network's reconstruction).
     """
+    if mu > 0 and prior is None:
+        raise ValueError("mu > 0 needs a prior image")
     device = sp.Device(device_id)
     rng = np.random.default_rng(seed)
     A = Sense(maps, weights=weights)
@@ -76,9 +80,11 @@ def solve(y, maps, weights, lam: float, iters: int, seed: int, cycle_spin: bool 
         proxg = RandomShift(proxg, tuple(2 ** wavelet_depth(n) for n in shape), rng)
     with device:
         y = y * weights**0.5  # the data term is ½‖W^½(A x − y)‖², as in L1WaveletRecon
-    max_eig = _max_eigenvalue(A.N, rng, device)
-    app = sp.app.LinearLeastSquares(A, y, proxg=proxg, max_iter=iters, show_pbar=False,
-                                    alpha=1.0 / max_eig if max_eig > 0 else 1.0)
+    step = _max_eigenvalue(A.N, rng, device) + mu
+    extra = {"lamda": mu, "z": prior} if mu > 0 else {}
+    x = None if x0 is None else x0.copy()
+    app = sp.app.LinearLeastSquares(A, y, x=x, proxg=proxg, max_iter=iters, show_pbar=False,
+                                    alpha=1.0 / step if step > 0 else 1.0, **extra)
     return app.run()
 
 
