@@ -12,9 +12,11 @@ the held-out samples reconstructs from all of them. Beside it, CS from zero with
 λ chosen the same way (100 iterations), and the prior alone. One task per family
 of ``bench/quality.py`` and ``--seeds`` draw, 4 test slices, PSNR inside the
 ESPIRiT support as there; compare with its ``cs*``/``bart*`` (λ tuned on the truth)
-and ``adapt`` columns.
+and ``adapt`` columns. With ``--adapt`` the start is ``mp adapt``'s network instead of
+the prior (adapted on the kept samples for the choice, on all of them for the result).
 
     python bench/hybrid.py --threads 1            # 8 tasks, ~5 min, 1 thread
+    python bench/hybrid.py --threads 1 --adapt    # from the adapted network, ~10 min
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c
 
+from mpcli.meta.adapt import AdaptConfig, SiteBatch, adapt
 from mpcli.physics.masks import split_mask
 from mpcli.physics.sense import Sense
 from mpcli.recon.classical import l1_wavelet
@@ -39,8 +42,9 @@ LAMS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 MUS = (0.0, 0.01, 0.03, 0.1, 0.3)
 
 
-def run_task(vol: c.Volume, model, theta, iters: int, seed: int) -> dict:
-    """PSNR of the prior, held-out-tuned CS and held-out-tuned CS around the prior; their choices."""
+def run_task(vol: c.Volume, model, theta, iters: int, seed: int, adapted: bool = False) -> dict:
+    """PSNR of the start network, held-out-tuned CS and held-out-tuned CS around the network's image;
+    their choices. The network is the prior θ, or ``mp adapt``'s from θ when ``adapted``."""
     S, _, H, W = vol.y.shape
     omega = vol.mask.expand(S, 1, H, W).contiguous().to(torch.float32)  # [S, 1, H, W]
     t, g = split_mask(omega, 0.1, torch.Generator().manual_seed(seed), kind="uniform", keep_center=16)
@@ -50,9 +54,12 @@ def run_task(vol: c.Volume, model, theta, iters: int, seed: int) -> dict:
     def heldout(x: torch.Tensor) -> float:
         return float((A_g(x) - vol.y * g).abs().pow(2).sum())
 
-    with torch.no_grad():
-        z_t = c.apply_network(model, theta, y_t, Sense(vol.maps, t))  # [S, H, W]
-        z = c.apply_network(model, theta, vol.y, Sense(vol.maps, vol.mask))
+    def network(y: torch.Tensor, A: Sense) -> torch.Tensor:
+        params = adapt(model, theta, [SiteBatch(None, y, A)], AdaptConfig()).params if adapted else theta
+        with torch.no_grad():
+            return c.apply_network(model, params, y, A)  # [S, H, W]
+
+    z_t, z = network(y_t, Sense(vol.maps, t)), network(vol.y, Sense(vol.maps, vol.mask))
     around = {(lam, mu): heldout(l1_wavelet(y_t, vol.maps, t, lam, iters, start=z_t, mu=mu))
               for lam in LAMS for mu in MUS}
     lam_h, mu_h = min(around, key=around.get)
@@ -75,6 +82,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--slices", type=int, default=4)
     ap.add_argument("--iters", type=int, default=60, help="FISTA iterations from the network's image")
+    ap.add_argument("--adapt", action="store_true", help="start from mp adapt's network instead of the prior")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -88,16 +96,17 @@ def main() -> None:
             task = c.draw_task(fam, seed)
             print(f"[{fam} seed {seed}] {c.task_label(task)}", file=sys.stderr)
             vol = c.with_maps(c.simulate_volume(task, args.slices, seed, device=device))
-            r = run_task(vol, model, theta, args.iters, seed)
+            r = run_task(vol, model, theta, args.iters, seed, args.adapt)
             rows.append([fam, seed, c.task_label(task), r["prior"], r["cs"], f"{r['cs_lam']:g}", r["hybrid"],
                          f"{r['hybrid_lam']:g}", f"{r['hybrid_mu']:g}"])
-    cols = ["family", "seed", "task", "prior", "CS (held-out λ)", "λ", "CS around the prior (held-out λ, μ)",
+    start = "adapted" if args.adapt else "prior"
+    cols = ["family", "seed", "task", start, "CS (held-out λ)", "λ", f"CS around the {start} (held-out λ, μ)",
             "λ", "μ"]
     rows.append(["mean", "", "", *(float(np.mean([r[i] for r in rows])) if i in (3, 4, 6) else ""
                                    for i in range(3, len(cols)))])
     print(c.header("CS around the network's image, (λ, μ) chosen by held-out k-space: PSNR dB", device,
                    args.prior, sha, f"{args.slices} slices per task, λ grid {LAMS}, μ grid {MUS}, "
-                   f"{args.iters} iterations from the network's image; CS from zero 100"))
+                   f"{args.iters} iterations from the {start} network's image; CS from zero 100"))
     print(c.markdown_table(rows, cols))
 
 
