@@ -100,8 +100,6 @@ def l1_wavelet(
     out_device = kspace.device
     dev_id = sigpy_device_id(torch.device(device) if device is not None else out_device)
     mask = torch.broadcast_to(mask, (kspace.shape[0], 1, *kspace.shape[-2:]))  # [S, 1, H, W]
-    if mu > 0 and start is None:
-        raise ValueError("mu > 0 needs a start image")
     images = []
     for s in range(kspace.shape[0]):
         ksp = kspace[s].to(torch.complex64)  # [C, H, W]

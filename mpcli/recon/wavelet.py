@@ -71,7 +71,7 @@ def solve(y, maps, weights, lam: float, iters: int, seed: int, cycle_spin: bool 
     μ/2‖x − ``prior``‖² (a prior image ``[H, W]``, e.g. a network's reconstruction).
     """
     if mu > 0 and prior is None:
-        raise ValueError("mu > 0 needs a prior image")
+        raise ValueError("mu > 0 needs a prior (start) image")
     device = sp.Device(device_id)
     rng = np.random.default_rng(seed)
     A = Sense(maps, weights=weights)
