@@ -5,8 +5,8 @@ L1-wavelet CS solve (cycle-spun, ``--iters`` FISTA iterations):
 
     x̂ = argmin_x ½‖W^½(A x − y)‖² + μ/2‖x − z‖² + λ‖Ψ x‖₁,   started from x = z.
 
-(λ, μ) are chosen as ``mp adapt`` chooses μ, without ground truth: 10 % of the
-acquired samples outside the centre are held out, every (λ, μ) of the grid
+(λ, μ) are chosen as ``mp adapt`` chooses μ, without ground truth, on its own split
+(``mpcli.meta.adapt.holdout``: 10 % of the acquired samples held out), every (λ, μ) of the grid
 reconstructs from the rest (z from the rest too), and the pair that best predicts
 the held-out samples reconstructs from all of them. Beside it, CS from zero with
 λ chosen the same way (100 iterations), and the prior alone. One task per family
@@ -32,8 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c
 
-from mpcli.meta.adapt import AdaptConfig, SiteBatch, adapt
-from mpcli.physics.masks import split_mask
+from mpcli.meta.adapt import AdaptConfig, SiteBatch, adapt, holdout
 from mpcli.physics.sense import Sense
 from mpcli.recon.classical import l1_wavelet
 
@@ -42,24 +41,23 @@ LAMS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 MUS = (0.0, 0.01, 0.03, 0.1, 0.3)
 
 
-def run_task(vol: c.Volume, model, theta, iters: int, seed: int, adapted: bool = False) -> dict:
+def run_task(vol: c.Volume, model, theta, iters: int, adapted: bool = False) -> dict:
     """PSNR of the start network, held-out-tuned CS and held-out-tuned CS around the network's image;
     their choices. The network is the prior θ, or ``mp adapt``'s from θ when ``adapted``."""
-    S, _, H, W = vol.y.shape
-    omega = vol.mask.expand(S, 1, H, W).contiguous().to(torch.float32)  # [S, 1, H, W]
-    t, g = split_mask(omega, 0.1, torch.Generator().manual_seed(seed), kind="uniform", keep_center=16)
-    A_g = Sense(vol.maps, g)
-    y_t = vol.y * t  # [S, C, H, W], what the choice reconstructs from
+    config = AdaptConfig()
+    whole = c.site_batch(vol)
+    train, val = holdout(whole, config.val_fraction, config.seed)  # mp adapt's split T ⊔ Γ
+    y_t, t = train.y, train.A.mask  # [S, C, H, W], what the choice reconstructs from
 
     def heldout(x: torch.Tensor) -> float:
-        return float((A_g(x) - vol.y * g).abs().pow(2).sum())
+        return float((val.A(x) - val.y).abs().pow(2).sum())
 
     def network(y: torch.Tensor, A: Sense) -> torch.Tensor:
-        params = adapt(model, theta, [SiteBatch(None, y, A)], AdaptConfig()).params if adapted else theta
+        params = adapt(model, theta, [SiteBatch(None, y, A)], config).params if adapted else theta
         with torch.no_grad():
             return c.apply_network(model, params, y, A)  # [S, H, W]
 
-    z_t, z = network(y_t, Sense(vol.maps, t)), network(vol.y, Sense(vol.maps, vol.mask))
+    z_t, z = network(train.y, train.A), network(whole.y, whole.A)
     around = {(lam, mu): heldout(l1_wavelet(y_t, vol.maps, t, lam, iters, start=z_t, mu=mu))
               for lam in LAMS for mu in MUS}
     lam_h, mu_h = min(around, key=around.get)
@@ -96,7 +94,7 @@ def main() -> None:
             task = c.draw_task(fam, seed)
             print(f"[{fam} seed {seed}] {c.task_label(task)}", file=sys.stderr)
             vol = c.with_maps(c.simulate_volume(task, args.slices, seed, device=device))
-            r = run_task(vol, model, theta, args.iters, seed, args.adapt)
+            r = run_task(vol, model, theta, args.iters, args.adapt)
             rows.append([fam, seed, c.task_label(task), r["prior"], r["cs"], f"{r['cs_lam']:g}", r["hybrid"],
                          f"{r['hybrid_lam']:g}", f"{r['hybrid_mu']:g}"])
     start = "adapted" if args.adapt else "prior"
