@@ -55,6 +55,7 @@ from mpcli.physics.coils import estimate_maps, sense_combine
 from mpcli.physics.sense import Sense, sense
 from mpcli.recon.classical import cg_sense, l1_wavelet, zero_filled
 from mpcli.recon.network import build_network
+from mpcli.recon.refine import Refinement
 
 DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "mpcli/weights/meta_prior.safetensors"
 CS_LAMS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # λ grid of the ground-truth-tuned CS
@@ -341,14 +342,22 @@ def run_network(vol: Volume, model: torch.nn.Module, params: Params) -> Recon:
     return Recon(raw * support(vol.maps).cpu().numpy(), {}, raw)
 
 
+def adapted_image(model: torch.nn.Module, res, y: torch.Tensor, A: Sense) -> torch.Tensor:
+    """What ``mp adapt`` reconstructs from an :class:`~mpcli.meta.adapt.AdaptResult`: the adapted
+    network, refined by CS around its image where adaptation chose so. ``[S, H, W]`` complex."""
+    z = apply_network(model, res.params, y, A)  # [S, H, W]
+    return z if res.refine is None else Refinement(**res.refine).apply(y, A, z)
+
+
 def run_adapt(vol: Volume, model: torch.nn.Module, start: Params, config: AdaptConfig | None = None) -> Recon:
-    """``mp adapt`` from ``start`` on this scan (measurements only), then reconstruct."""
+    """``mp adapt`` from ``start`` on this scan (measurements only), then reconstruct as it does."""
     config = config or AdaptConfig()
-    res = adapt(model, start, [site_batch(vol)], config)
-    rec = run_network(vol, model, res.params)
-    return Recon(rec.image, {"best_step": res.best_step, "steps_run": len(res.curve) - 1,
-                             "stopped_early": res.stopped_early, "seconds": res.seconds,
-                             "distance": res.distance}, rec.raw)
+    b = site_batch(vol)
+    res = adapt(model, start, [b], config)
+    raw = _mag(adapted_image(model, res, b.y, b.A))  # [S, H, W]
+    return Recon(raw * support(vol.maps).cpu().numpy(), {
+        "best_step": res.best_step, "steps_run": len(res.curve) - 1, "stopped_early": res.stopped_early,
+        "seconds": res.seconds, "distance": res.distance, "refine": res.refine}, raw)
 
 
 def train_supervised(model: torch.nn.Module, start: Params, task: Task, steps: int = 150,

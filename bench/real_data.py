@@ -109,7 +109,7 @@ def heldout_errors(path: Path, model, theta, config: AdaptConfig, seed: int = 0)
     out["cs_lambda"] = min(cs, key=cs.get)
     out["prior"] = err_db(c.apply_network(model, theta, b.y, b.A))
     res = adapt(model, theta, [b], config)
-    out["adapt"] = err_db(c.apply_network(model, res.params, b.y, b.A))
+    out["adapt"] = err_db(c.adapted_image(model, res, b.y, b.A))
     return out
 
 

@@ -289,8 +289,9 @@ def _recon_job(method: str, model: Path | None, device: str, formats: tuple[str,
     from mpcli.reconstruct import ReconOptions, reconstruct_scan, write_outputs
 
     dev = resolve_device(device)
-    net, model_sha = _load_network(method, model, dev)
-    options = ReconOptions(method=method, formats=formats, cs_lam=cs_lam, batch=batch, anonymize=anonymize)
+    net, model_sha, refine = _load_network(method, model, dev)
+    options = ReconOptions(method=method, formats=formats, cs_lam=cs_lam, batch=batch, anonymize=anonymize,
+                           refine=refine)
 
     def process(scan, stem):
         recon = reconstruct_scan(scan, options, dev, model=net, model_sha256=model_sha)
@@ -300,16 +301,26 @@ def _recon_job(method: str, model: Path | None, device: str, formats: tuple[str,
 
 
 def _load_network(method: str, model: Path | None, dev):
-    """(module, sha256) for network methods, (None, None) otherwise."""
+    """(module, sha256, refinement dict or None) for network methods, (None, None, None) otherwise.
+
+    The refinement is what ``mp adapt`` chose and stored in the file (``--method adapted`` only)."""
     if method not in ("meta", "adapted"):
-        return None, None
-    from mpcli.errors import UsageError
+        return None, None, None
+    from mpcli.errors import ModelError, UsageError
     from mpcli.io.weights import SHIPPED_PRIOR, load_model
+    from mpcli.recon.refine import Refinement
 
     if method == "adapted" and model is None:
         raise UsageError(None, "--method adapted needs --model FILE (written by mp adapt --out)")
-    net, meta = load_model(model or SHIPPED_PRIOR, device=dev)
-    return net, meta["sha256"]
+    path = model or SHIPPED_PRIOR
+    net, meta = load_model(path, device=dev)
+    refine = meta.get("refine") if method == "adapted" else None
+    if refine is not None:
+        try:
+            refine = Refinement.from_dict(refine).as_dict()
+        except ValueError as exc:
+            raise ModelError(path, f"bad refinement in the metadata: {exc}") from None
+    return net, meta["sha256"], refine
 
 
 def _report(outcomes, as_json: bool, title: str, out_dir: Path | None = None):
@@ -424,6 +435,10 @@ def adapt_cli(
     no_mu_search: bool = typer.Option(False, "--no-mu-search",
                                       help="Keep the prior's data-consistency weight μ (by default it is first "
                                       "chosen from 1/8× to 8× by the held-out k-space)."),
+    no_refine: bool = typer.Option(False, "--no-refine",
+                                   help="Reconstruct with the network alone (by default CS around the network's "
+                                   "image is tried last, its weights chosen by the held-out k-space, and kept "
+                                   "when it predicts that k-space better)."),
     recon: Path | None = typer.Option(None, metavar="DIR", help="Also reconstruct the scans into this folder."),
     formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
                                       help="Formats for --recon: h5, nifti or dicom; repeat for several "
@@ -504,7 +519,7 @@ def adapt_cli(
         dev = resolve_device(device)
         torch.manual_seed(seed)
         config = AdaptConfig(loss=loss, steps=steps, lam=lam, lr=lr, patience=patience, seed=seed, params=params,
-                             rank=rank, **({"mu_factors": ()} if no_mu_search else {}))
+                             rank=rank, refine=not no_refine, **({"mu_factors": ()} if no_mu_search else {}))
         with _progress() as progress:
             reading = progress.add_task("coil maps", total=len(files))
             task = progress.add_task("adapt", total=steps)
@@ -518,7 +533,7 @@ def adapt_cli(
         res = adapted.result
         outcomes = []
         if recon is not None:
-            options = ReconOptions(method="adapted", formats=fmts)
+            options = ReconOptions(method="adapted", formats=fmts, refine=res.refine)
             maps = {(s.scan.sha256, s.scan.frame): s.maps for s in adapted.site}
 
             def process(scan, stem):
@@ -544,7 +559,10 @@ def adapt_cli(
                    "mu_scale": res.mu_scale,
                    "val_loss_prior": next((t["val"] for t in res.mu_search if t["factor"] == 1.0), res.curve[0]["val"]),
                    "val_loss_best": min(c["val"] for c in res.curve),
-                   "distance_to_prior": res.distance, "seconds": round(res.seconds, 2),
+                   "distance_to_prior": res.distance,
+                   "refine": res.refine,  # CS around the network's image, or None
+                   "val_loss_refined": min((t["val"] for t in res.refine_search), default=None),
+                   "seconds": round(res.seconds, 2),
                    "plot": str(plot) if plot is not None else None,
                    "recon": json.loads(_outcomes_json(outcomes)) if outcomes else []}
         if as_json:
@@ -555,9 +573,10 @@ def adapt_cli(
             table = Table(title="mp adapt", show_header=False)
             table.add_column(no_wrap=True)
             table.add_column(overflow="fold")  # paths and hashes wrap whole, never cut with "…"
+            shown = {**summary, "refine": _refine_cell(res.refine, no_refine)}
             for key in ("weights", "plot", "sha256", "steps", "best_step", "mu_scale", "stopped_early", "val_loss_prior",
-                        "val_loss_best", "distance_to_prior", "seconds"):
-                value = summary[key]
+                        "val_loss_best", "distance_to_prior", "refine", "val_loss_refined", "seconds"):
+                value = shown[key]
                 if value is not None:
                     table.add_row(key, _cell(f"{value:.5g}" if isinstance(value, float) else str(value)))
             console.print(table)
@@ -567,6 +586,15 @@ def adapt_cli(
             if o.status == "failed":
                 err.print(f"mp: error: {printable(o.error)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(_batch_exit(outcomes) if outcomes else EXIT_OK)
+
+
+def _refine_cell(refine: dict | None, off: bool) -> str:
+    """How ``mp adapt``'s summary table shows the refinement it chose."""
+    if off:
+        return "off (--no-refine)"
+    if refine is None:
+        return "none: the network alone predicts the held-out k-space best"
+    return f"CS around the network: λ {refine['lam']:g}, μ {refine['mu']:g}, {refine['iters']} iterations"
 
 
 @app.command("watch", short_help="Reconstruct each k-space file that lands in a folder, until stopped.")

@@ -93,6 +93,8 @@ def adapt_files(files: list[Path], out: Path, prior: Path | None, config, device
         "best_step": result.best_step,
         "mu_scale": result.mu_scale,
         "mu_search": result.mu_search,
+        "refine": result.refine,
+        "refine_search": result.refine_search,
         "mp_version": __version__,
     }
     sha = save_weights(out, state, metadata)

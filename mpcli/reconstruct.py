@@ -5,7 +5,8 @@ Methods:
 - ``sense``: CG-SENSE with ESPIRiT maps (optional Tikhonov μ).
 - ``cs``: L1-wavelet compressed sensing (sigpy) with ESPIRiT maps.
 - ``meta``: the shipped meta-prior network, no adaptation.
-- ``adapted``: a network file written by ``mp adapt`` (``--model``).
+- ``adapted``: a network file written by ``mp adapt`` (``--model``), refined by
+  CS around its image when ``mp adapt`` chose so (:mod:`mpcli.recon.refine`).
 
 Outputs (each written atomically): ``<stem>.h5`` (fastMRI-style
 ``reconstruction`` ``[S, h, w]`` float32), ``<stem>.nii.gz`` (NIfTI-1, qform =
@@ -59,6 +60,8 @@ class ReconOptions:
     sense_iters: int = 30
     batch: int = 4
     anonymize: bool = False
+    refine: dict | None = None  # network methods: CS around the network's image (mpcli.recon.refine), as
+    # chosen by mp adapt and stored in its weights file; None: the network alone
     extra: dict = field(default_factory=dict)
 
     def manifest(self) -> dict:
@@ -103,7 +106,8 @@ def reconstruct_scan(scan: Scan, options: ReconOptions, device: torch.device,
         raise InputError(scan.source, f"method {options.method!r} needs a model")
     from mpcli.recon.apply import reconstruct_network
 
-    image = reconstruct_network(model, scan, maps, device, batch=options.batch)  # zero outside the support
+    image = reconstruct_network(model, scan, maps, device, batch=options.batch,  # zero outside the support
+                                refine=options.refine)
     return Recon(image, scan, options.method, model_sha256)
 
 

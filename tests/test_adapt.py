@@ -78,6 +78,7 @@ def test_holdout_partitions_acquired_kspace(batch):
     assert torch.equal(t | g, omega)
     frac = g.sum() / omega.sum()
     assert 0.15 < float(frac) < 0.25
+    assert torch.equal(g, g[..., :1, :].expand_as(g))  # the scan's line mask: whole lines held out
 
 
 def test_proximity_keeps_distance_bounded_as_lambda_grows(batch):

@@ -271,3 +271,21 @@ def test_ifft_of_zero_filled_kspace_keeps_acquired_samples():
     mask = _line_mask(N, 4, 8)
     y = fft2c(maps * img[:, None]) * mask
     assert torch.allclose(fft2c(ifft2c(y)) * mask, y, atol=1e-5)
+
+
+def test_cs_is_the_same_whatever_the_number_of_threads():
+    """Slices are solved in parallel threads on the CPU: each slice's result (shifts seeded by its
+    index) is bit for bit what one thread gives."""
+    img, maps = _truth()
+    mask = _line_mask(N, 4, 8, seed=0).expand(1, 1, N, N)
+    y = (fft2c(maps * img[:, None]) * mask).expand(3, -1, -1, -1) * torch.tensor([1.0, 0.5, 2.0])[:, None, None, None]
+    maps3 = maps.expand(3, -1, -1, -1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = l1_wavelet(y, maps3, mask, lam=3e-3, iters=20)
+        torch.set_num_threads(3)
+        three = l1_wavelet(y, maps3, mask, lam=3e-3, iters=20)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, three)

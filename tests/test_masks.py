@@ -19,6 +19,7 @@ from mpcli.physics.masks import (
     fastmri_seed,
     make_mask,
     seed_from_name,
+    split_like_acquisition,
     split_mask,
 )
 
@@ -243,3 +244,24 @@ def test_poisson_mask_survives_a_seed_sigpys_search_fails_on():
     m = make_mask(*args)
     assert m.numel() / float(m.sum()) == pytest.approx(5.0, abs=0.1)
     assert torch.equal(m, make_mask(*args))
+
+
+@pytest.mark.parametrize("axis", [-1, -2])
+def test_split_like_acquisition_holds_out_whole_lines_of_a_line_mask(axis):
+    """Lines along either axis are split whole (every held-out line empty in T, full in Γ); a 2-D
+    pattern is split sample by sample; T ⊔ Γ = Ω, the centre stays in T."""
+    lines = torch.zeros(3, 1, 1, 40)
+    lines[..., ::3] = 1
+    lines[..., 18:22] = 1
+    omega = lines.expand(3, 1, 24, 40) if axis == -1 else lines.transpose(-1, -2).expand(3, 1, 40, 24)
+    keep, held = split_like_acquisition(omega, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(keep + held, omega) and not (keep * held).any()
+    along = -3 - axis  # the axis each line runs along (the readout)
+    per_line = held.sum(along)  # samples held out on each line
+    assert held.sum() > 0 and set(per_line.unique().tolist()) == {0.0, float(omega.shape[along])}
+    centre = (slice(None), slice(None), slice(None), slice(18, 22)) if axis == -1 else \
+        (slice(None), slice(None), slice(18, 22), slice(None))
+    assert not held[centre].any()
+    poisson = (torch.rand(2, 1, 24, 40, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    keep, held = split_like_acquisition(poisson, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(keep + held, poisson) and held.sum(-1).max() < held.sum() / 2  # not whole lines

@@ -7,8 +7,9 @@ of meta-training on the new scans only::
 
 where L_inner is a measurement-only loss (default SSDU, see AdaptConfig) and (y_T, A_T) the
 acquired k-space *minus* a fixed self-validation set Γ ⊂ Ω (zero-shot SSDU,
-Yaman et al. 2022): Ω = T ⊔ Γ, |Γ| ≈ ``val_fraction``·|Ω|, drawn once and
-uniformly outside the centre. After each step the validation loss ::
+Yaman et al. 2022): Ω = T ⊔ Γ, |Γ| ≈ ``val_fraction``·|Ω|, drawn once,
+uniformly outside the centre and like the acquisition: whole phase-encode
+lines of a line mask, single samples of a 2-D one (:func:`holdout`). After each step the validation loss ::
 
     L_val(φ) = ‖A_Γ f_φ(y_T, A_T) − y_Γ‖² / ‖y_Γ‖²
 
@@ -18,6 +19,11 @@ and returns the best φ. Reconstruction afterwards uses all of Ω.
 Before the first step, MoDL's data-consistency weight μ is chosen on the same
 validation loss (:func:`search_mu`: μ·k for k on a log grid, the prior's other
 weights fixed), and the steps start from, and are drawn towards, that θ*_k.
+
+Last, CS around the adapted network's image (:mod:`mpcli.recon.refine`) is
+scored on the same split, its (λ, μ) chosen by L_val; the choice, or none when
+the network alone predicts Γ as well, is part of the result and of the
+adapted weights file, and ``mp reconstruct --method adapted`` applies it.
 """
 
 from __future__ import annotations
@@ -44,9 +50,10 @@ from mpcli.meta.functional import (
 from mpcli.meta.inner import init_opt_state, inner_step
 from mpcli.meta.losses import acquired_mask, derive_seed, make_loss, reseed
 from mpcli.meta.lowrank import LowRankDelta
-from mpcli.physics.masks import split_mask
+from mpcli.physics.masks import split_like_acquisition
 from mpcli.physics.sense import Sense, sense
 from mpcli.recon.network import MU_PARAMS
+from mpcli.recon.refine import Refinement, choose_refinement
 from mpcli.scan import Scan
 
 
@@ -107,6 +114,11 @@ class AdaptConfig:
     mu_lr_scale: float = 1.0  # step size of MoDL's μ parameters relative to ``lr``
     schedule: str = "constant"  # or "cosine": lr·½(1 + cos(π(k−1)/steps)) at step k
     warmup: int = 0  # steps of linear warm-up (lr·k/warmup) before the schedule
+    # Last, CS around the adapted network's image (mpcli.recon.refine), (λ, μ) chosen by the same held-out
+    # samples, kept only if it predicts them better than the network alone by ``refine_min_gain``
+    refine: bool = True
+    refine_iters: int = 60
+    refine_min_gain: float = 0.0
 
     def __post_init__(self):
         if self.params not in PARAM_SETS:
@@ -119,8 +131,11 @@ class AdaptConfig:
             raise ValueError(f"mu_factors must be positive, got {self.mu_factors!r}")
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank!r}")
-        if not 0 <= self.min_gain < 1:
-            raise ValueError(f"min_gain must be in [0, 1), got {self.min_gain!r}")
+        if not (0 <= self.min_gain < 1 and 0 <= self.refine_min_gain < 1):
+            raise ValueError(f"min_gain and refine_min_gain must be in [0, 1), got {self.min_gain!r}, "
+                             f"{self.refine_min_gain!r}")
+        if self.refine_iters < 1:
+            raise ValueError(f"refine_iters must be >= 1, got {self.refine_iters!r}")
 
     def step_size(self, step: int) -> float:
         """The base step size at step ``step`` = 1 … ``steps`` (warm-up, then the schedule)."""
@@ -190,21 +205,29 @@ class EarlyStopping:
 
 
 def holdout(batch: SiteBatch, fraction: float, seed: int) -> tuple[SiteBatch, SiteBatch]:
-    """Split Ω = T ⊔ Γ once: (training batch on T, validation batch on Γ)."""
+    """Split Ω = T ⊔ Γ once: (training batch on T, validation batch on Γ).
+
+    Γ is drawn like the acquisition (:func:`~mpcli.physics.masks.split_like_acquisition`): whole
+    phase-encode lines of a line mask, single samples of a 2-D mask.
+    """
     omega = acquired_mask(batch.y, batch.A)  # [S, 1, H, W]
     gen = torch.Generator().manual_seed(seed)
-    t, g = split_mask(omega.cpu(), fraction, gen, kind="uniform")
+    t, g = split_like_acquisition(omega.cpu(), fraction, gen)
     t, g = t.to(omega.device), g.to(omega.device)
     return (SiteBatch(None, batch.y * t, batch.A.with_mask(t)),
             SiteBatch(None, batch.y * g, batch.A.with_mask(g)))
 
 
+def heldout_loss(x: torch.Tensor, val: SiteBatch) -> float:
+    """‖A_Γ x − y_Γ‖² / ‖y_Γ‖² of images ``x`` ``[S, H, W]``, summed over the slices."""
+    r = val.A(x) - val.y
+    return float(r.abs().pow(2).sum() / val.y.abs().pow(2).sum().clamp_min(1e-30))
+
+
 def validation_loss(model: nn.Module, phi: Params, train: SiteBatch, val: SiteBatch) -> float:
     """‖A_Γ f_φ(y_T, A_T) − y_Γ‖² / ‖y_Γ‖² summed over the given slices."""
     with torch.no_grad():
-        x_hat = bind(model, phi)(train.y, train.A)
-        r = val.A(x_hat) - val.y
-        return float(r.abs().pow(2).sum() / val.y.abs().pow(2).sum().clamp_min(1e-30))
+        return heldout_loss(bind(model, phi)(train.y, train.A), val)
 
 
 def search_mu(theta: Params, val_of: Callable[[Params], float], factors, min_gain: float
@@ -258,6 +281,8 @@ class AdaptResult:
     config: dict
     mu_scale: float = 1.0  # the factor of μ chosen by search_mu
     mu_search: list[dict] = field(default_factory=list)  # {"factor", "val"} of every factor tried
+    refine: dict | None = None  # the chosen Refinement as a dict, None: the network alone
+    refine_search: list[dict] = field(default_factory=list)  # {"lam", "mu", "val"} of every candidate
 
 
 def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: AdaptConfig,
@@ -271,7 +296,7 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
     the result, the curve's distances and ``distance`` are in θ's space, φ(ψ).
     """
     t0 = time.perf_counter()
-    prior = tree_detach(theta)
+    network, prior = model, tree_detach(theta)  # ``model`` becomes the low-rank wrapper with "lowrank"
     loss = make_loss(config.loss, **config.loss_kw)
     splits = [holdout(b, config.val_fraction, derive_seed(config.seed, i, 17)) for i, b in enumerate(batches)]
     gen = torch.Generator().manual_seed(derive_seed(config.seed, 1))
@@ -319,8 +344,28 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
             break
     best_phi = tree_detach(as_phi(best_phi))
     distance = float(tree_sqnorm(tree_sub(best_phi, prior)).sqrt())
+    refine, refine_tried = None, []
+    if config.refine:
+        held = [(take(t, i), take(g, i)) for (t, g), i in zip(splits, val_idx)]
+        refine, refine_tried = choose_refinement(
+            partial(_refined_heldout, [_network_image(network, best_phi, t) for t, _ in held], held),
+            config.refine_iters, min_gain=config.refine_min_gain)
     return AdaptResult(best_phi, curve, stopper.best_step, stopped, time.perf_counter() - t0, distance,
-                       asdict(config), mu_scale, mu_tried)
+                       asdict(config), mu_scale, mu_tried, refine and refine.as_dict(), refine_tried)
+
+
+def _network_image(model: nn.Module, phi: Params, batch: SiteBatch) -> torch.Tensor:
+    """f_φ(y, A) ``[S, H, W]``, no gradient."""
+    with torch.no_grad():
+        return bind(model, phi)(batch.y, batch.A)
+
+
+def _refined_heldout(images: list[torch.Tensor], held: list[tuple[SiteBatch, SiteBatch]],
+                     refine: Refinement | None) -> float:
+    """Mean over scans of the held-out loss of the network's images from T, refined by ``refine``
+    (None: as they are)."""
+    return sum(heldout_loss(z if refine is None else refine.apply(t.y, t.A, z), g)
+               for z, (t, g) in zip(images, held)) / len(held)
 
 
 def prior_params(model: nn.Module) -> Params:

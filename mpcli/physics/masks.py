@@ -402,3 +402,22 @@ def split_mask(
     lam = lam.reshape(mask.shape)
     theta = (mask > 0) & ~lam
     return theta.to(mask.dtype), lam.to(mask.dtype)
+
+
+def split_like_acquisition(mask: torch.Tensor, rho: float, generator: torch.Generator,
+                           keep_center: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`split_mask` (uniform) on the grid the acquisition sampled: whole lines of a line mask.
+
+    ``mask`` ``[..., H, W]``: when every row is the same (phase-encode lines along W) the split
+    draws whole columns, when every column is the same (lines along H) whole rows, otherwise (a
+    2-D pattern) single samples. Held-out lines test what undersampling by lines removes (the
+    missing lines); held-out samples of acquired lines test only interpolation along them.
+    """
+    if bool((mask == mask[..., :1, :]).all()) and mask.shape[-2] > 1:  # [..., 1, W] lines
+        grid = mask[..., :1, :]
+    elif bool((mask == mask[..., :, :1]).all()) and mask.shape[-1] > 1:  # [..., H, 1] lines
+        grid = mask[..., :, :1]
+    else:
+        grid = mask
+    keep, held = split_mask(grid, rho, generator, kind="uniform", keep_center=keep_center)
+    return keep.expand_as(mask).to(mask.dtype), held.expand_as(mask).to(mask.dtype)

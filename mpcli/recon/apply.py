@@ -48,12 +48,18 @@ def network_slices(model: torch.nn.Module, scan: Scan, maps: torch.Tensor, devic
 
 
 def reconstruct_network(model: torch.nn.Module, scan: Scan, maps: torch.Tensor,
-                        device: torch.device, batch: int = 4) -> np.ndarray:
+                        device: torch.device, batch: int = 4, refine: dict | None = None) -> np.ndarray:
     """Magnitude images ``[S, h, w]`` float32 cropped to ``scan.recon_size``.
 
+    ``refine``: a :class:`~mpcli.recon.refine.Refinement` as a dict (CS around the
+    network's image, slice by slice on ``device``), or None for the network alone.
     Zero outside the coil support (Σ_c |S_c|² = 0): A is blind there, so nothing
     measured constrains what the network puts in those pixels.
     """
     x = network_slices(model, scan, maps, device, batch)  # [S, H, W]
+    if refine is not None:
+        from mpcli.recon.refine import Refinement
+
+        x = Refinement(**refine).apply(scan.kspace, sense(maps, scan.mask), x, device=device)  # [S, H, W]
     x = x * (maps.abs().pow(2).sum(1) > 0).to(x.device)  # [S, H, W]
     return center_crop(x.abs(), scan.recon_size).numpy().astype(np.float32)

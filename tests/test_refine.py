@@ -1,0 +1,139 @@
+"""CS around the network's image (mpcli.recon.refine): the held-out choice, the solve, and how
+``mp adapt`` stores it and ``mp reconstruct --method adapted`` applies it."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from mpcli.errors import EXIT_MODEL
+from mpcli.io.readers import read_scans
+from mpcli.io.weights import load_weights, save_weights
+from mpcli.meta.adapt import AdaptConfig, adapt, prior_params, scan_batch
+from mpcli.physics.coils import estimate_maps, rss
+from mpcli.physics.fft import ifft2c
+from mpcli.recon.network import ARCH_VERSION, build_network
+from mpcli.recon.refine import LAMS, MUS, Refinement, choose_refinement
+from tests.cli_helpers import mp
+from tests.synthetic import synthetic_kspace, write_synthetic_fastmri
+
+TINY = {"arch": "resunroll", "iters": 2, "features": 8, "depth": 2, "shared": True}
+SHAPE = {"slices": 3, "coils": 4, "h": 32, "w": 32}
+
+
+@pytest.fixture(scope="module")
+def scan_file(tmp_path_factory):
+    return write_synthetic_fastmri(tmp_path_factory.mktemp("refine") / "scan.h5", **SHAPE, acceleration=3)
+
+
+def _noisy_network() -> torch.nn.Module:
+    """A network with unit-variance random weights: a noise-like image that CS around it must improve."""
+    gen = torch.Generator().manual_seed(0)
+    model = build_network(TINY)
+    model.load_state_dict({k: torch.randn(v.shape, generator=gen) for k, v in model.state_dict().items()})
+    return model
+
+
+@pytest.fixture(scope="module")
+def prior_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prior") / "prior.safetensors"
+    save_weights(path, _noisy_network().state_dict(), {"arch": "resunroll", "arch_version": ARCH_VERSION,
+                                                       "config": TINY})
+    return path
+
+
+def _psnr(x: np.ndarray, ref: np.ndarray) -> float:
+    return float(10 * np.log10(ref.max() ** 2 / np.mean((x - ref) ** 2)))
+
+
+def test_choice_is_lambda_at_mu_zero_then_mu_and_the_network_wins_without_gain():
+    """λ is searched at μ = 0, then μ at the best λ; the network alone stays unless beaten by min_gain."""
+    def loss(r):
+        return 1.0 if r is None else abs(np.log10(r.lam) + 3) + abs(r.mu - 0.03) + 0.5
+
+    choice, tried = choose_refinement(loss, iters=17)
+    assert choice == Refinement(1e-3, 0.03, 17)
+    assert [(t["lam"], t["mu"]) for t in tried] == [(None, None), *((lam, 0.0) for lam in LAMS),
+                                                    *((1e-3, mu) for mu in MUS)]
+    assert tried[0]["val"] == 1.0 and min(t["val"] for t in tried) == pytest.approx(0.5)
+    assert choose_refinement(loss, min_gain=0.6)[0] is None  # 0.5 is not 60 % below 1.0
+    assert choose_refinement(lambda r: 1.0 if r is None else 2.0)[0] is None
+
+
+@pytest.mark.parametrize("bad", [None, {"lam": 1e-3, "mu": 0.0}, {"lam": -1.0, "mu": 0.0, "iters": 60},
+                                 {"lam": 1e-3, "mu": float("nan"), "iters": 60},
+                                 {"lam": 1e-3, "mu": 0.0, "iters": 0}, {"lam": 1e-3, "mu": 0.0, "iters": 2.5},
+                                 {"lam": "1e-3", "mu": 0.0, "iters": 60},
+                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "x": 1}])
+def test_a_stored_refinement_is_validated(bad):
+    with pytest.raises(ValueError):
+        Refinement.from_dict(bad)
+    assert Refinement.from_dict({"lam": 0, "mu": 0.1, "iters": 5}) == Refinement(0.0, 0.1, 5)
+
+
+def test_refinement_moves_a_poor_image_towards_the_data_and_large_mu_keeps_it(scan_file):
+    """μ = 0: the iterations lower ‖A x − y‖ from a start image that is off by a factor; μ → ∞: x̂ = z."""
+    scan = read_scans(scan_file)[0]
+    batch = scan_batch(scan, estimate_maps(scan.kspace, scan.mask), torch.device("cpu"))
+    truth = batch.A.adjoint(batch.y)  # a blurred, aliased image; scaled by ½ it is a poor start
+    z = 0.5 * truth
+
+    def residual(x):
+        return float((batch.A(x) - batch.y).abs().pow(2).sum())
+
+    free = Refinement(1e-4, 0.0, 30).apply(batch.y, batch.A, z)
+    assert free.shape == z.shape and residual(free) < 0.05 * residual(z)
+    held = Refinement(1e-4, 1e6, 30).apply(batch.y, batch.A, z)
+    assert torch.allclose(held, z, atol=1e-3 * float(z.abs().max()))
+
+
+def test_adapt_scores_the_network_and_each_candidate_on_the_held_out_samples(scan_file):
+    """The result carries the choice with the lowest held-out loss, or none; refine=False tries nothing."""
+    scan = read_scans(scan_file)[0]
+    batch = scan_batch(scan, estimate_maps(scan.kspace, scan.mask), torch.device("cpu"))
+    model = _noisy_network()
+    res = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2))
+    assert res.refine_search[0]["lam"] is None and len(res.refine_search) == 1 + len(LAMS) + len(MUS)
+    best = min(res.refine_search, key=lambda t: t["val"])
+    assert res.refine == {"lam": best["lam"], "mu": best["mu"], "iters": 60} and best["lam"] is not None
+    off = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, refine=False))
+    assert off.refine is None and off.refine_search == []
+
+
+def test_adapt_stores_the_choice_and_reconstruct_applies_it(scan_file, prior_file, tmp_path):
+    """mp adapt --recon and mp reconstruct --method adapted give the same refined image, closer to the
+    fully sampled reference than the network alone (--no-refine), which is stored as no refinement."""
+    full = rss(ifft2c(torch.from_numpy(synthetic_kspace(**SHAPE)))).numpy()  # [S, H, W]
+    images = {}
+    for name, flag in (("refined", []), ("network", ["--no-refine"])):
+        weights, recon = tmp_path / f"{name}.safetensors", tmp_path / name
+        res = mp("adapt", "--kspace", scan_file, "--prior", prior_file, "--out", weights, "--steps", "1",
+                 "--recon", recon, "--format", "h5", "--json", *flag)
+        assert res.exit_code == 0, res.stderr
+        summary, meta = json.loads(res.stdout), load_weights(weights)[1]
+        assert summary["refine"] == meta["refine"]
+        with h5py.File(recon / "scan.h5") as f:
+            images[name] = f["reconstruction"][()]
+        again = mp("reconstruct", scan_file, "--out", tmp_path / f"{name}_again", "--method", "adapted",
+                   "--model", weights, "--format", "h5")
+        assert again.exit_code == 0, again.stderr
+        with h5py.File(tmp_path / f"{name}_again" / "scan.h5") as f:
+            np.testing.assert_allclose(f["reconstruction"][()], images[name], rtol=1e-4, atol=1e-6)
+    assert meta["refine"] is None and meta["refine_search"] == []  # the --no-refine file
+    assert load_weights(tmp_path / "refined.safetensors")[1]["refine"]["iters"] == 60
+    assert _psnr(images["refined"], full) > _psnr(images["network"], full) + 3
+
+
+def test_a_bad_stored_refinement_is_a_model_error(scan_file, prior_file, tmp_path):
+    state, meta = load_weights(prior_file)
+    bad = tmp_path / "bad.safetensors"
+    save_weights(bad, state, {**{k: v for k, v in meta.items() if k != "sha256"},
+                              "refine": {"lam": -1, "mu": 0, "iters": 60}})
+    res = mp("reconstruct", scan_file, "--out", tmp_path / "out", "--method", "adapted", "--model", bad)
+    assert res.exit_code == EXIT_MODEL, res.output
+    assert "bad refinement" in res.stderr and str(bad.name) in res.stderr
+    assert len([line for line in res.stderr.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
