@@ -118,6 +118,7 @@ class AdaptConfig:
     # samples, kept only if it predicts them better than the network alone by ``refine_min_gain``
     refine: bool = True
     refine_iters: int = 60
+    refine_slices: int = 4  # of the ``val_slices`` self-validation slices, how many score the candidates
     refine_min_gain: float = 0.0
 
     def __post_init__(self):
@@ -134,8 +135,9 @@ class AdaptConfig:
         if not (0 <= self.min_gain < 1 and 0 <= self.refine_min_gain < 1):
             raise ValueError(f"min_gain and refine_min_gain must be in [0, 1), got {self.min_gain!r}, "
                              f"{self.refine_min_gain!r}")
-        if self.refine_iters < 1:
-            raise ValueError(f"refine_iters must be >= 1, got {self.refine_iters!r}")
+        if self.refine_iters < 1 or self.refine_slices < 1:
+            raise ValueError(f"refine_iters and refine_slices must be >= 1, got {self.refine_iters!r}, "
+                             f"{self.refine_slices!r}")
 
     def step_size(self, step: int) -> float:
         """The base step size at step ``step`` = 1 … ``steps`` (warm-up, then the schedule)."""
@@ -346,7 +348,8 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
     distance = float(tree_sqnorm(tree_sub(best_phi, prior)).sqrt())
     refine, refine_tried = None, []
     if config.refine:
-        held = [(take(t, i), take(g, i)) for (t, g), i in zip(splits, val_idx)]
+        held = [(take(t, i[: config.refine_slices]), take(g, i[: config.refine_slices]))
+                for (t, g), i in zip(splits, val_idx)]
         refine, refine_tried = choose_refinement(
             partial(_refined_heldout, [_network_image(network, best_phi, t) for t, _ in held], held),
             config.refine_iters, min_gain=config.refine_min_gain)

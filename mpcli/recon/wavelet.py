@@ -19,8 +19,11 @@ best λ of each, in the same time (``bench/cs_shifts.py``).
 
 The iterations may start from an image x₀ and the objective may gain
 μ/2‖x − x₀‖² (a prior image, e.g. a network's reconstruction; ``bench/hybrid.py``).
-The shifts, and the start of the power iteration that sets the step, come
-from a generator seeded by the caller, so a reconstruction is reproducible.
+The shifts come from a generator seeded by the caller, so a reconstruction is
+reproducible. The step is 1/(L + μ) with L the bound of :func:`lipschitz_bound`
+on ‖AᴴA‖ instead of sigpy's 30 power iterations, which cost a quarter of a
+60-iteration solve (for unit-RSS coil maps and a sampled centre the two agree to
+about 1 %; the minimiser is the same).
 
 This module imports sigpy at load time; :mod:`mpcli.recon.classical` imports it
 lazily.
@@ -65,8 +68,8 @@ def solve(y, maps, weights, lam: float, iters: int, seed: int, cycle_spin: bool 
     """One slice: ``y`` ``[C, H, W]``, ``maps`` ``[C, H, W]``, ``weights`` ``[H, W]`` (NumPy, or
     CuPy on GPU ``device_id``; −1 is the CPU) → the ``[H, W]`` complex image, on the same device.
 
-    ``seed`` seeds the power iteration that sets the step 1/‖AᴴA + μI‖ (sigpy's own draws from
-    the global random state) and the shifts; ``cycle_spin=False`` gives sigpy's plain solver.
+    ``seed`` seeds the shifts; ``cycle_spin=False`` solves sigpy's ``L1WaveletRecon`` problem
+    (with the step of :func:`lipschitz_bound`).
     ``x0`` ``[H, W]`` starts the iterations (default 0); with ``mu`` > 0 the objective gains
     μ/2‖x − ``prior``‖² (a prior image ``[H, W]``, e.g. a network's reconstruction).
     """
@@ -82,7 +85,7 @@ def solve(y, maps, weights, lam: float, iters: int, seed: int, cycle_spin: bool 
         proxg = RandomShift(proxg, tuple(2 ** wavelet_depth(n) for n in shape), rng)
     with device:
         y = y * weights**0.5  # the data term is ½‖W^½(A x − y)‖², as in L1WaveletRecon
-    step = _max_eigenvalue(A.N, rng, device) + mu
+    step = lipschitz_bound(maps, weights) + mu
     extra = {"lamda": mu, "z": prior} if mu > 0 else {}
     x = None if x0 is None else x0.copy()
     app = sp.app.LinearLeastSquares(A, y, x=x, proxg=proxg, max_iter=iters, show_pbar=False,
@@ -90,12 +93,11 @@ def solve(y, maps, weights, lam: float, iters: int, seed: int, cycle_spin: bool 
     return app.run()
 
 
-def _max_eigenvalue(normal: sp.linop.Linop, rng: np.random.Generator, device, iters: int = 30) -> float:
-    """‖AᴴA‖ by 30 power iterations from a seeded complex Gaussian start."""
-    shape = tuple(normal.ishape)
-    x0 = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
-    power = sp.alg.PowerMethod(normal, sp.to_device(x0, device), max_iter=iters)
-    with device:
-        while not power.done():
-            power.update()
-    return float(power.max_eig)
+def lipschitz_bound(maps, weights) -> float:
+    """L = max_r Σ_c |S_c(r)|² · max_k w(k) ≥ ‖AᴴA‖ for A = W^½ F S (NumPy or CuPy arrays).
+
+    ‖W^½ F S x‖² ≤ max w · Σ_c ‖F S_c x‖² = max w · Σ_r |x(r)|² Σ_c |S_c(r)|² ≤ L ‖x‖².
+    """
+    xp = sp.get_device(maps).xp
+    with sp.get_device(maps):
+        return float((xp.abs(maps) ** 2).sum(axis=0).max() * xp.abs(weights).max())
