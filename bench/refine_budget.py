@@ -27,7 +27,7 @@ import common as c
 from mpcli.meta.adapt import AdaptConfig, adapt
 
 FAMILIES = ("contrast", "poisson", "acceleration_8", "noise")
-BUDGETS = ((60, 4), (30, 4), (30, 2), (20, 2))  # (refine_iters, refine_slices)
+BUDGETS = ((60, 4), (60, 2), (45, 4), (45, 2), (30, 4))  # (refine_iters, refine_slices)
 
 
 def main() -> None:

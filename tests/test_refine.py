@@ -97,7 +97,8 @@ def test_adapt_scores_the_network_and_each_candidate_on_the_held_out_samples(sca
     res = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2))
     assert res.refine_search[0]["lam"] is None and len(res.refine_search) == 1 + len(LAMS) + len(MUS)
     best = min(res.refine_search, key=lambda t: t["val"])
-    assert res.refine == {"lam": best["lam"], "mu": best["mu"], "iters": 60} and best["lam"] is not None
+    assert res.refine == {"lam": best["lam"], "mu": best["mu"], "iters": AdaptConfig().refine_iters}
+    assert best["lam"] is not None
     off = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, refine=False))
     assert off.refine is None and off.refine_search == []
 
@@ -122,7 +123,7 @@ def test_adapt_stores_the_choice_and_reconstruct_applies_it(scan_file, prior_fil
         with h5py.File(tmp_path / f"{name}_again" / "scan.h5") as f:
             np.testing.assert_allclose(f["reconstruction"][()], images[name], rtol=1e-4, atol=1e-6)
     assert meta["refine"] is None and meta["refine_search"] == []  # the --no-refine file
-    assert load_weights(tmp_path / "refined.safetensors")[1]["refine"]["iters"] == 60
+    assert load_weights(tmp_path / "refined.safetensors")[1]["refine"]["iters"] == AdaptConfig().refine_iters
     assert _psnr(images["refined"], full) > _psnr(images["network"], full) + 3
 
 

@@ -98,7 +98,7 @@ def l1_wavelet(
         ``[S, H, W]`` complex64 images, on the device of ``kspace``, at the
         scale of the data.
     """
-    from mpcli.recon.wavelet import solve  # lazy: imports sigpy
+    from mpcli.recon.wavelet import compile_kernels, solve  # lazy: imports sigpy
 
     out_device = kspace.device
     dev_id = sigpy_device_id(torch.device(device) if device is not None else out_device)
@@ -119,6 +119,7 @@ def l1_wavelet(
     if workers <= 1:
         return torch.stack([one(s) for s in slices])  # [S, H, W]
     # NumPy's FFTs and PyWavelets run single-threaded and release the GIL: one slice per CPU thread
+    compile_kernels()
     with ThreadPoolExecutor(workers) as pool:
         return torch.stack(list(pool.map(one, slices)))  # [S, H, W]
 

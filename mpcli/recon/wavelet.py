@@ -93,6 +93,12 @@ def solve(y, maps, weights, lam: float, iters: int, seed: int, cycle_spin: bool 
     return app.run()
 
 
+def compile_kernels() -> None:
+    """Compile sigpy's Numba soft-threshold for the types :func:`solve` uses (a float threshold,
+    complex64 coefficients) before threads solve slices at once and each compiles it."""
+    sp.soft_thresh(1.0, np.zeros(1, np.complex64))
+
+
 def lipschitz_bound(maps, weights) -> float:
     """L = max_r Σ_c |S_c(r)|² · max_k w(k) ≥ ‖AᴴA‖ for A = W^½ F S (NumPy or CuPy arrays).
 
