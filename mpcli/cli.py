@@ -460,8 +460,9 @@ def adapt_cli(
 
     Chooses the network's data-consistency weight by how well it predicts
     held-out k-space, fine-tunes the network on the acquired k-space (no ground
-    truth), stops when held-out k-space stops improving, and writes the adapted
-    weights.
+    truth), stops when held-out k-space stops improving, tries CS around the
+    network's image (kept when it predicts held-out k-space better), and writes
+    the adapted weights with that choice.
 
     Examples:
 
