@@ -79,6 +79,20 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
 
 
+HELD_OUT_FAMILIES = ("contrast", "poisson", "acceleration_8", "noise")
+"""``bench/quality.py``'s default held-out task families, one task each per seed."""
+
+
+def add_task_grid_args(ap: argparse.ArgumentParser, slices: int = 4) -> None:
+    """--seeds, --slices, --threads, --device of the benches that draw one task per held-out family and
+    seed (and --seed, hidden: :func:`setup` seeds torch with it)."""
+    ap.add_argument("--seeds", default="0,1", help="comma-separated task seeds")
+    ap.add_argument("--slices", type=int, default=slices, help="test slices per task")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+
+
 def setup(args: argparse.Namespace) -> torch.device:
     """Apply --threads and --seed; the resolved --device."""
     from mpcli.device import resolve_device

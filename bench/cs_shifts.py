@@ -30,7 +30,6 @@ import common as c
 from mpcli.recon.classical import l1_wavelet
 
 LAMS = c.CS_LAMS  # the grid of the tuned-CS anchor in every bench, BART's too
-FAMILIES = ("contrast", "poisson", "acceleration_8", "noise")
 
 
 def sweep_cs(vol: c.Volume, cycle_spin: bool) -> tuple[float, float, float]:
@@ -65,12 +64,8 @@ def _cells(result: tuple[float, float, float]) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--slices", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--families", default=",".join(c.HELD_OUT_FAMILIES))
+    c.add_task_grid_args(ap, slices=2)
     args = ap.parse_args()
     device = c.setup(args)
 

@@ -36,7 +36,6 @@ from mpcli.meta.adapt import AdaptConfig, holdout
 from mpcli.physics.sense import Sense
 from mpcli.recon.classical import l1_wavelet
 
-FAMILIES = ("contrast", "poisson", "acceleration_8", "noise")
 LAMS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 MUS = (0.0, 0.01, 0.03, 0.1, 0.3)
 
@@ -77,19 +76,15 @@ def run_task(vol: c.Volume, model, theta, iters: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prior", default=str(c.DEFAULT_PRIOR))
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--slices", type=int, default=4)
     ap.add_argument("--iters", type=int, default=60, help="FISTA iterations from the network's image")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    c.add_task_grid_args(ap)
     args = ap.parse_args()
     device = c.setup(args)
     model, theta, sha, _ = c.load_prior(args.prior, device)
 
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        for fam in FAMILIES:
+        for fam in c.HELD_OUT_FAMILIES:
             task = c.draw_task(fam, seed)
             print(f"[{fam} seed {seed}] {c.task_label(task)}", file=sys.stderr)
             vol = c.with_maps(c.simulate_volume(task, args.slices, seed, device=device))

@@ -55,7 +55,7 @@ FAMILIES = ("contrast", "sagittal", "poisson", "acceleration_8", "coils_16_20", 
 # The default run fits ~20 min on 2 idle CPU cores with the shipped network (each task adapts
 # twice with AdaptConfig's full budget and trains an oracle); all seven families: --families every.
 # "noise" is the noise level measured on real scans (bench/noise_level.py).
-DEFAULT_FAMILIES = ("contrast", "poisson", "acceleration_8", "noise")
+DEFAULT_FAMILIES = c.HELD_OUT_FAMILIES
 METHODS = ("zero-filled", "sense", "cs*", "bart*", "bart", "prior", "adapt", "adapt-random", "oracle")
 CLASSICAL = ("zero-filled", "sense", "cs*", "bart*", "bart")
 

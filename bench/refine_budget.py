@@ -26,24 +26,19 @@ import common as c
 
 from mpcli.meta.adapt import AdaptConfig, adapt
 
-FAMILIES = ("contrast", "poisson", "acceleration_8", "noise")
 BUDGETS = ((60, 4), (60, 2), (45, 4), (45, 2), (30, 4))  # (refine_iters, refine_slices)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prior", default=str(c.DEFAULT_PRIOR))
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--slices", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    c.add_task_grid_args(ap)
     args = ap.parse_args()
     device = c.setup(args)
     model, theta, sha, _ = c.load_prior(args.prior, device)
     rows, seconds = [], {b: [] for b in BUDGETS}
     for seed in (int(s) for s in args.seeds.split(",")):
-        for fam in FAMILIES:
+        for fam in c.HELD_OUT_FAMILIES:
             task = c.draw_task(fam, seed)
             print(f"[{fam} seed {seed}] {c.task_label(task)}", file=sys.stderr)
             vol = c.with_maps(c.simulate_volume(task, args.slices, seed, device=device))
