@@ -230,8 +230,7 @@ def heldout_loss(x: torch.Tensor, val: SiteBatch) -> float:
 
 def validation_loss(model: nn.Module, phi: Params, train: SiteBatch, val: SiteBatch) -> float:
     """‖A_Γ f_φ(y_T, A_T) − y_Γ‖² / ‖y_Γ‖² summed over the given slices."""
-    with torch.no_grad():
-        return heldout_loss(bind(model, phi)(train.y, train.A), val)
+    return heldout_loss(_network_image(model, phi, train), val)
 
 
 def search_mu(theta: Params, val_of: Callable[[Params], float], factors, min_gain: float

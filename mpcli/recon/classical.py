@@ -111,7 +111,7 @@ def l1_wavelet(
         x0 = None if start is None else to_xp((start[s] / scale).to(torch.complex64), dev_id)  # [H, W]
         x = solve(to_xp(ksp / scale, dev_id), to_xp(maps[s].to(torch.complex64), dev_id),
                   to_xp(mask[s, 0].to(torch.float32), dev_id), lam, iters, seed=s, cycle_spin=cycle_spin,
-                  device_id=dev_id, x0=x0, prior=x0, mu=mu)
+                  device_id=dev_id, x0=x0, mu=mu)
         return from_xp(x, out_device).to(torch.complex64) * scale  # [H, W]
 
     slices = range(kspace.shape[0])

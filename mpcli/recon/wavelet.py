@@ -64,16 +64,16 @@ class RandomShift(sp.prox.Prox):
 
 
 def solve(y, maps, weights, lam: float, iters: int, seed: int, cycle_spin: bool = True,
-          device_id: int = -1, x0=None, prior=None, mu: float = 0.0):
+          device_id: int = -1, x0=None, mu: float = 0.0):
     """One slice: ``y`` ``[C, H, W]``, ``maps`` ``[C, H, W]``, ``weights`` ``[H, W]`` (NumPy, or
     CuPy on GPU ``device_id``; −1 is the CPU) → the ``[H, W]`` complex image, on the same device.
 
     ``seed`` seeds the shifts; ``cycle_spin=False`` solves sigpy's ``L1WaveletRecon`` problem
     (with the step of :func:`lipschitz_bound`).
     ``x0`` ``[H, W]`` starts the iterations (default 0); with ``mu`` > 0 the objective gains
-    μ/2‖x − ``prior``‖² (a prior image ``[H, W]``, e.g. a network's reconstruction).
+    μ/2‖x − x0‖² (x0 a prior image, e.g. a network's reconstruction).
     """
-    if mu > 0 and prior is None:
+    if mu > 0 and x0 is None:
         raise ValueError("mu > 0 needs a prior (start) image")
     device = sp.Device(device_id)
     rng = np.random.default_rng(seed)
@@ -86,7 +86,7 @@ def solve(y, maps, weights, lam: float, iters: int, seed: int, cycle_spin: bool 
     with device:
         y = y * weights**0.5  # the data term is ½‖W^½(A x − y)‖², as in L1WaveletRecon
     step = lipschitz_bound(maps, weights) + mu
-    extra = {"lamda": mu, "z": prior} if mu > 0 else {}
+    extra = {"lamda": mu, "z": x0} if mu > 0 else {}
     x = None if x0 is None else x0.copy()
     app = sp.app.LinearLeastSquares(A, y, x=x, proxg=proxg, max_iter=iters, show_pbar=False,
                                     alpha=1.0 / step if step > 0 else 1.0, **extra)
