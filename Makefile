@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ceiling.py
 	$(BIN)/python bench/hybrid.py
 	$(BIN)/python bench/refine_budget.py
+	$(BIN)/python bench/heldout_choice.py
 	-$(BIN)/python bench/real_data.py  # needs ../shared/data/real (research licence, not shipped)
 	$(BIN)/python bench/prior_checkpoints.py train/prior_ckpt.safetensors
 	$(BIN)/python bench/prior_checkpoints.py train/prior_ckpt.safetensors --noise 0.15

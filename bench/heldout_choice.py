@@ -1,0 +1,102 @@
+"""How well held-out k-space picks a reconstruction: the regret of each self-validation split.
+
+``mp adapt`` chooses its refinement (:mod:`mpcli.recon.refine`) by how well each candidate,
+computed from T, predicts held-out acquired k-space Γ (Ω = T ⊔ Γ). This bench asks how far that
+choice falls from the best candidate by the truth, for two ways to draw Γ:
+
+- ``lines``: whole acquired lines of a line mask, samples of a 2-D mask
+  (:func:`mpcli.physics.masks.split_like_acquisition`, what ``mp adapt`` uses);
+- ``samples``: single acquired samples (:func:`mpcli.physics.masks.split_mask`, uniform).
+
+Candidates, all from the unadapted prior's image z (so adaptation does not blur the question):
+z itself, CS around z (μ = 0, 45 FISTA iterations, λ on ``mp adapt``'s grid: what its search
+tries first) and plain CS from zero (100 iterations, λ on the same grid: ``--method cs``). The
+choice is made among the candidates around z (``around z``, what ``mp adapt`` searches) and among
+all of them (``+ plain CS``). PSNR on the task's test slices inside the ESPIRiT support as in
+``bench/quality.py``; Γ is 10 % of the acquisition on 2 of them. Regret = best PSNR − chosen PSNR.
+
+    python bench/heldout_choice.py --threads 1 --seeds 0     # 8 tasks, ~8 min, 1 thread
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as c
+
+from mpcli.meta.adapt import SiteBatch, heldout_loss, take
+from mpcli.meta.losses import acquired_mask
+from mpcli.physics.masks import split_like_acquisition, split_mask
+from mpcli.recon.refine import LAMS, Refinement
+
+FAMILIES = (*c.HELD_OUT_FAMILIES, "sagittal", "coils_16_20", "matrix", "phantom")
+SPLITS = {"lines": split_like_acquisition,
+          "samples": lambda omega, rho, gen: split_mask(omega, rho, gen, kind="uniform")}
+
+
+def candidates() -> list[tuple[str, callable]]:
+    """(name, image from (y, A, z)) of every candidate."""
+    from mpcli.recon.classical import l1_wavelet
+
+    out = [("z", lambda y, A, z: z)]
+    out += [(f"around z λ {lam:g}", lambda y, A, z, r=Refinement(lam, 0.0, 45): r.apply(y, A, z)) for lam in LAMS]
+    out += [(f"plain CS λ {lam:g}", lambda y, A, z, lam=lam: l1_wavelet(y, A.maps, A.mask, lam, 100))
+            for lam in LAMS]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prior", default=str(c.DEFAULT_PRIOR))
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    c.add_task_grid_args(ap)
+    args = ap.parse_args()
+    device = c.setup(args)
+    model, theta, sha, _ = c.load_prior(args.prior, device)
+    cands = candidates()
+    around = [i for i, (name, _) in enumerate(cands) if not name.startswith("plain")]
+    rows, regrets = [], {(s, pool): [] for s in SPLITS for pool in ("around z", "+ plain CS")}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for fam in args.families.split(","):
+            task = c.draw_task(fam, seed)
+            print(f"[{fam} seed {seed}] {c.task_label(task)}", file=sys.stderr)
+            vol = c.with_maps(c.simulate_volume(task, args.slices, seed, device=device))
+            inside = c.support(vol.maps).cpu().numpy()
+            b = c.site_batch(vol)
+            z = c.apply_network(model, theta, b.y, b.A)
+            psnr = np.array([c.score(vol.ref, np.abs(f(b.y, b.A, z).cpu().numpy()) * inside)[0] for _, f in cands])
+            sub = take(b, torch.arange(min(2, b.y.shape[0])))
+            omega = acquired_mask(sub.y, sub.A)
+            row = [fam, seed, c.task_label(task), f"{cands[int(psnr.argmax())][0]}: {psnr.max():.2f}"]
+            for name, split in SPLITS.items():
+                t, g = split(omega.cpu(), 0.1, torch.Generator().manual_seed(seed))
+                t, g = t.to(omega.device), g.to(omega.device)
+                train = SiteBatch(None, sub.y * t, sub.A.with_mask(t))
+                val = SiteBatch(None, sub.y * g, sub.A.with_mask(g))
+                zt = c.apply_network(model, theta, train.y, train.A)
+                loss = np.array([heldout_loss(f(train.y, train.A, zt), val) for _, f in cands])
+                for pool, idx in (("around z", around), ("+ plain CS", range(len(cands)))):
+                    best = max(idx, key=lambda i: psnr[i])
+                    pick = min(idx, key=lambda i: loss[i])
+                    regrets[(name, pool)].append(psnr[best] - psnr[pick])
+                    row.append(f"{cands[pick][0]}: {psnr[pick]:.2f}")
+            rows.append(row)
+            print("  " + " | ".join(str(v) for v in row[3:]), file=sys.stderr)
+    cols = ["family", "seed", "task", "best by the truth"]
+    cols += [f"{s} split, {pool}" for s in SPLITS for pool in ("around z", "+ plain CS")]
+    rows.append(["mean regret (dB)", "", "", "", *(f"{np.mean(regrets[(s, pool)]):.2f}"
+                                                   for s in SPLITS for pool in ("around z", "+ plain CS"))])
+    print(c.header("Held-out k-space as a chooser: the candidate each split picks, PSNR dB", device, args.prior,
+                   sha, f"{args.slices} slices per task; unadapted prior; Γ 10 % of the acquisition on 2 slices"))
+    print(c.markdown_table(rows, cols))
+
+
+if __name__ == "__main__":
+    main()
