@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ SPLITS = {"lines": split_like_acquisition,
           "samples": lambda omega, rho, gen: split_mask(omega, rho, gen, kind="uniform")}
 
 
-def candidates() -> list[tuple[str, callable]]:
+def candidates() -> list[tuple[str, Callable]]:
     """(name, image from (y, A, z)) of every candidate."""
     from mpcli.recon.classical import l1_wavelet
 
