@@ -32,8 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c
 
-from mpcli.meta.adapt import SiteBatch, heldout_loss, take
-from mpcli.meta.losses import acquired_mask
+from mpcli.meta.adapt import heldout_loss, holdout, take
 from mpcli.physics.masks import split_like_acquisition, split_mask
 from mpcli.recon.refine import LAMS, Refinement
 
@@ -74,13 +73,9 @@ def main() -> None:
             z = c.apply_network(model, theta, b.y, b.A)
             psnr = np.array([c.score(vol.ref, np.abs(f(b.y, b.A, z).cpu().numpy()) * inside)[0] for _, f in cands])
             sub = take(b, torch.arange(min(2, b.y.shape[0])))
-            omega = acquired_mask(sub.y, sub.A)
             row = [fam, seed, c.task_label(task), f"{cands[int(psnr.argmax())][0]}: {psnr.max():.2f}"]
             for name, split in SPLITS.items():
-                t, g = split(omega.cpu(), 0.1, torch.Generator().manual_seed(seed))
-                t, g = t.to(omega.device), g.to(omega.device)
-                train = SiteBatch(None, sub.y * t, sub.A.with_mask(t))
-                val = SiteBatch(None, sub.y * g, sub.A.with_mask(g))
+                train, val = holdout(sub, 0.1, seed, split)
                 zt = c.apply_network(model, theta, train.y, train.A)
                 loss = np.array([heldout_loss(f(train.y, train.A, zt), val) for _, f in cands])
                 for pool, idx in (("around z", around), ("+ plain CS", range(len(cands)))):

@@ -208,15 +208,17 @@ class EarlyStopping:
         return self.bad >= self.patience
 
 
-def holdout(batch: SiteBatch, fraction: float, seed: int) -> tuple[SiteBatch, SiteBatch]:
+def holdout(batch: SiteBatch, fraction: float, seed: int,
+            split: Callable = split_like_acquisition) -> tuple[SiteBatch, SiteBatch]:
     """Split Ω = T ⊔ Γ once: (training batch on T, validation batch on Γ).
 
     Γ is drawn like the acquisition (:func:`~mpcli.physics.masks.split_like_acquisition`): whole
-    phase-encode lines of a line mask, single samples of a 2-D mask.
+    phase-encode lines of a line mask, single samples of a 2-D mask. ``split(omega, fraction,
+    generator) → (T, Γ)`` draws it another way (``bench/heldout_choice.py`` compares them).
     """
     omega = acquired_mask(batch.y, batch.A)  # [S, 1, H, W]
     gen = torch.Generator().manual_seed(seed)
-    t, g = split_like_acquisition(omega.cpu(), fraction, gen)
+    t, g = split(omega.cpu(), fraction, gen)
     t, g = t.to(omega.device), g.to(omega.device)
     return (SiteBatch(None, batch.y * t, batch.A.with_mask(t)),
             SiteBatch(None, batch.y * g, batch.A.with_mask(g)))
