@@ -12,8 +12,11 @@ Candidates, all from the unadapted prior's image z (so adaptation does not blur 
 z itself, CS around z (μ = 0, 45 FISTA iterations, λ on ``mp adapt``'s grid: what its search
 tries first) and plain CS from zero (100 iterations, λ on the same grid: ``--method cs``). The
 choice is made among the candidates around z (``around z``, what ``mp adapt`` searches) and among
-all of them (``+ plain CS``). PSNR on the task's test slices inside the ESPIRiT support as in
-``bench/quality.py``; Γ is 10 % of the acquisition on 2 of them. Regret = best PSNR − chosen PSNR.
+all of them (``+ plain CS``), by the held-out error as ``mp adapt`` computes it (``plain``) and
+weighted by 1 / (k-space power at each sample's radius) (``whitened``,
+:func:`mpcli.physics.coils.spectral_weight`). PSNR on the task's test slices inside the ESPIRiT
+support as in ``bench/quality.py``; Γ is 10 % of the acquisition on 2 of them. Regret = best
+PSNR − chosen PSNR.
 
     python bench/heldout_choice.py --threads 1 --seeds 0     # 8 tasks, ~8 min, 1 thread
 """
@@ -33,10 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as c
 
 from mpcli.meta.adapt import heldout_loss, holdout, take
+from mpcli.meta.losses import acquired_mask
+from mpcli.physics.coils import spectral_weight
 from mpcli.physics.masks import split_like_acquisition, split_mask
 from mpcli.recon.refine import LAMS, Refinement
 
 FAMILIES = (*c.HELD_OUT_FAMILIES, "sagittal", "coils_16_20", "matrix", "phantom")
+LOSSES = ("plain", "whitened")  # held-out error unweighted, or weighted by 1 / k-space power (spectral_weight)
 SPLITS = {"lines": split_like_acquisition,
           "samples": lambda omega, rho, gen: split_mask(omega, rho, gen, kind="uniform")}
 
@@ -62,7 +68,8 @@ def main() -> None:
     model, theta, sha, _ = c.load_prior(args.prior, device)
     cands = candidates()
     around = [i for i, (name, _) in enumerate(cands) if not name.startswith("plain")]
-    rows, regrets = [], {(s, pool): [] for s in SPLITS for pool in ("around z", "+ plain CS")}
+    keys = [(s, lname, pool) for s in SPLITS for lname in LOSSES for pool in ("around z", "+ plain CS")]
+    rows, regrets = [], {k: [] for k in keys}
     for seed in (int(s) for s in args.seeds.split(",")):
         for fam in args.families.split(","):
             task = c.draw_task(fam, seed)
@@ -74,21 +81,23 @@ def main() -> None:
             psnr = np.array([c.score(vol.ref, np.abs(f(b.y, b.A, z).cpu().numpy()) * inside)[0] for _, f in cands])
             sub = take(b, torch.arange(min(2, b.y.shape[0])))
             row = [fam, seed, c.task_label(task), f"{cands[int(psnr.argmax())][0]}: {psnr.max():.2f}"]
+            w = spectral_weight(sub.y, acquired_mask(sub.y, sub.A))  # [H, W]
             for name, split in SPLITS.items():
                 train, val = holdout(sub, 0.1, seed, split)
                 zt = c.apply_network(model, theta, train.y, train.A)
-                loss = np.array([heldout_loss(f(train.y, train.A, zt), val) for _, f in cands])
-                for pool, idx in (("around z", around), ("+ plain CS", range(len(cands)))):
-                    best = max(idx, key=lambda i: psnr[i])
-                    pick = min(idx, key=lambda i: loss[i])
-                    regrets[(name, pool)].append(psnr[best] - psnr[pick])
-                    row.append(f"{cands[pick][0]}: {psnr[pick]:.2f}")
+                images = [f(train.y, train.A, zt) for _, f in cands]
+                for lname in LOSSES:
+                    loss = np.array([heldout_loss(x, val, w if lname == "whitened" else None) for x in images])
+                    for pool, idx in (("around z", around), ("+ plain CS", range(len(cands)))):
+                        best = max(idx, key=lambda i: psnr[i])
+                        pick = min(idx, key=lambda i: loss[i])
+                        regrets[(name, lname, pool)].append(psnr[best] - psnr[pick])
+                        row.append(f"{cands[pick][0]}: {psnr[pick]:.2f}")
             rows.append(row)
             print("  " + " | ".join(str(v) for v in row[3:]), file=sys.stderr)
     cols = ["family", "seed", "task", "best by the truth"]
-    cols += [f"{s} split, {pool}" for s in SPLITS for pool in ("around z", "+ plain CS")]
-    rows.append(["mean regret (dB)", "", "", "", *(f"{np.mean(regrets[(s, pool)]):.2f}"
-                                                   for s in SPLITS for pool in ("around z", "+ plain CS"))])
+    cols += [f"{s} split, {lname}, {pool}" for s, lname, pool in keys]
+    rows.append(["mean regret (dB)", "", "", "", *(f"{np.mean(regrets[k]):.2f}" for k in keys)])
     print(c.header("Held-out k-space as a chooser: the candidate each split picks, PSNR dB", device, args.prior,
                    sha, f"{args.slices} slices per task; unadapted prior; Γ 10 % of the acquisition on 2 slices"))
     print(c.markdown_table(rows, cols))

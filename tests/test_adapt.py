@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from mpcli.cli import app
 from mpcli.io.readers import read_scans
 from mpcli.io.weights import load_weights, save_weights
-from mpcli.meta.adapt import AdaptConfig, EarlyStopping, adapt, holdout, prior_params, scan_batch
+from mpcli.meta.adapt import AdaptConfig, EarlyStopping, adapt, heldout_loss, holdout, prior_params, scan_batch
 from mpcli.physics.coils import estimate_maps
 from mpcli.recon.network import ARCH_VERSION, build_network
 from mpcli.scan import file_sha256
@@ -79,6 +79,24 @@ def test_holdout_partitions_acquired_kspace(batch):
     frac = g.sum() / omega.sum()
     assert 0.15 < float(frac) < 0.25
     assert torch.equal(g, g[..., :1, :].expand_as(g))  # the scan's line mask: whole lines held out
+
+
+def test_heldout_loss_is_the_relative_error_on_gamma_and_weights_it(batch):
+    """Zero image → 1; the held-out data themselves → 0; a constant weight changes nothing; a
+    weight that is zero outside some columns scores only those columns."""
+    from mpcli.recon.classical import cg_sense
+
+    _, val = holdout(batch, 0.2, seed=3)
+    H, W = batch.y.shape[-2:]
+    x = cg_sense(batch.y, batch.A, tikhonov=1e-2, iters=5)  # [S, H, W]: imperfect on Γ
+    assert heldout_loss(torch.zeros_like(x), val) == pytest.approx(1.0)
+    plain = heldout_loss(x, val)
+    assert 0 < plain < 1
+    assert heldout_loss(x, val, torch.full((H, W), 7.0)) == pytest.approx(plain, rel=1e-5)
+    cols = torch.zeros(H, W)
+    cols[:, : W // 2] = 1.0
+    r, y = (val.A(x) - val.y)[..., : W // 2], val.y[..., : W // 2]
+    assert heldout_loss(x, val, cols) == pytest.approx(float(r.abs().pow(2).sum() / y.abs().pow(2).sum()), rel=1e-5)
 
 
 def test_proximity_keeps_distance_bounded_as_lambda_grows(batch):

@@ -224,10 +224,12 @@ def holdout(batch: SiteBatch, fraction: float, seed: int,
             SiteBatch(None, batch.y * g, batch.A.with_mask(g)))
 
 
-def heldout_loss(x: torch.Tensor, val: SiteBatch) -> float:
-    """‖A_Γ x − y_Γ‖² / ‖y_Γ‖² of images ``x`` ``[S, H, W]``, summed over the slices."""
+def heldout_loss(x: torch.Tensor, val: SiteBatch, weight: torch.Tensor | None = None) -> float:
+    """‖A_Γ x − y_Γ‖² / ‖y_Γ‖² of images ``x`` ``[S, H, W]``, summed over the slices; with
+    ``weight`` w ``[H, W]`` (e.g. :func:`~mpcli.physics.coils.spectral_weight`) ‖w^½ ·‖² instead."""
+    w = 1.0 if weight is None else weight
     r = val.A(x) - val.y
-    return float(r.abs().pow(2).sum() / val.y.abs().pow(2).sum().clamp_min(1e-30))
+    return float((w * r.abs().pow(2)).sum() / (w * val.y.abs().pow(2)).sum().clamp_min(1e-30))
 
 
 def validation_loss(model: nn.Module, phi: Params, train: SiteBatch, val: SiteBatch) -> float:
