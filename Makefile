@@ -75,6 +75,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/hybrid.py
 	$(BIN)/python bench/refine_budget.py
 	$(BIN)/python bench/heldout_choice.py
+	$(BIN)/python bench/heldout_guard.py --seeds 0,1,2,3,4,5,6,7
+	$(BIN)/python bench/heldout_guard.py --families acceleration_8 --seeds 8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23
 	-$(BIN)/python bench/real_data.py  # needs ../shared/data/real (research licence, not shipped)
 	$(BIN)/python bench/prior_checkpoints.py train/prior_ckpt.safetensors
 	$(BIN)/python bench/prior_checkpoints.py train/prior_ckpt.safetensors --noise 0.15

@@ -38,6 +38,8 @@ adapt within 1 dB of the oracle (mean PSNRs).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -73,7 +75,8 @@ def run_task(task, args, model, theta, net_config: dict, config: AdaptConfig, de
         "bart": lambda: run_bart(vol, (bart_pics.DEFAULT_LAM,), 0),
         "prior": lambda: c.run_network(vol, model, theta),
         "adapt": lambda: c.run_adapt(vol, model, theta, config),
-        "adapt-random": lambda: c.run_adapt(vol, model, c.random_init(net_config, args.seed + 1, device), config),
+        "adapt-random": lambda: c.run_adapt(vol, model, c.random_init(net_config, args.seed + 1, device),
+                                            dataclasses.replace(config, max_prior_error=math.inf)),  # no prior to keep
         "oracle": lambda: c.run_oracle(vol, model, theta, args.oracle_steps, args.oracle_batch,
                                        args.oracle_pool, seed=args.seed),
     }

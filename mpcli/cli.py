@@ -439,6 +439,10 @@ def adapt_cli(
                                    help="Reconstruct with the network alone (by default CS around the network's "
                                    "image is tried last, its weights chosen by the held-out k-space, and kept "
                                    "when it predicts that k-space better)."),
+    keep_prior_above: float = typer.Option(1.0, "--keep-prior-above", metavar="ERROR",
+                                           help="Keep the prior unadapted when its relative error predicting the "
+                                           "held-out k-space is at least ERROR (1: no better than predicting "
+                                           "zeros, seen at R = 8 with 5 calibration lines); inf: never."),
     recon: Path | None = typer.Option(None, metavar="DIR", help="Also reconstruct the scans into this folder."),
     formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
                                       help="Formats for --recon: h5, nifti or dicom; repeat for several "
@@ -499,6 +503,8 @@ def adapt_cli(
         if params not in PARAM_SETS or rank < 1:
             raise UsageError(None, f"--params must be one of {', '.join(PARAM_SETS)} and --rank >= 1, "
                                    f"got {params!r}, {rank}")
+        if not keep_prior_above > 0:
+            raise UsageError(None, f"--keep-prior-above must be positive (inf: never), got {keep_prior_above:g}")
         fmts = parse_formats(formats)
         if send is not None and recon is None:
             raise UsageError(None, "--send sends the reconstructions: add --recon DIR")
@@ -520,7 +526,8 @@ def adapt_cli(
         dev = resolve_device(device)
         torch.manual_seed(seed)
         config = AdaptConfig(loss=loss, steps=steps, lam=lam, lr=lr, patience=patience, seed=seed, params=params,
-                             rank=rank, refine=not no_refine, **({"mu_factors": ()} if no_mu_search else {}))
+                             rank=rank, refine=not no_refine, max_prior_error=keep_prior_above,
+                             **({"mu_factors": ()} if no_mu_search else {}))
         with _progress() as progress:
             reading = progress.add_task("coil maps", total=len(files))
             task = progress.add_task("adapt", total=steps)
@@ -562,6 +569,7 @@ def adapt_cli(
                    "val_loss_best": min(c["val"] for c in res.curve),
                    "distance_to_prior": res.distance,
                    "refine": res.refine,  # CS around the network's image, or None
+                   "kept_prior": res.kept_prior,  # why the prior was kept unchanged, or None
                    "val_loss_refined": min((t["val"] for t in res.refine_search), default=None),
                    "seconds": round(res.seconds, 2),
                    "plot": str(plot) if plot is not None else None,
@@ -574,9 +582,10 @@ def adapt_cli(
             table = Table(title="mp adapt", show_header=False)
             table.add_column(no_wrap=True)
             table.add_column(overflow="fold")  # paths and hashes wrap whole, never cut with "…"
-            shown = {**summary, "refine": _refine_cell(res.refine, no_refine)}
-            for key in ("weights", "plot", "sha256", "steps", "best_step", "mu_scale", "stopped_early", "val_loss_prior",
-                        "val_loss_best", "distance_to_prior", "refine", "val_loss_refined", "seconds"):
+            shown = {**summary, "refine": _refine_cell(res.refine, no_refine, res.kept_prior is not None)}
+            for key in ("weights", "plot", "sha256", "kept_prior", "steps", "best_step", "mu_scale", "stopped_early",
+                        "val_loss_prior", "val_loss_best", "distance_to_prior", "refine", "val_loss_refined",
+                        "seconds"):
                 value = shown[key]
                 if value is not None:
                     table.add_row(key, _cell(f"{value:.5g}" if isinstance(value, float) else str(value)))
@@ -589,10 +598,12 @@ def adapt_cli(
         raise typer.Exit(_batch_exit(outcomes) if outcomes else EXIT_OK)
 
 
-def _refine_cell(refine: dict | None, off: bool) -> str:
+def _refine_cell(refine: dict | None, off: bool, kept_prior: bool = False) -> str:
     """How ``mp adapt``'s summary table shows the refinement it chose."""
     if off:
         return "off (--no-refine)"
+    if kept_prior:
+        return "none: the prior is kept (kept_prior)"
     if refine is None:
         return "none: the network alone predicts the held-out k-space best"
     return f"CS around the network: λ {refine['lam']:g}, μ {refine['mu']:g}, {refine['iters']} iterations"

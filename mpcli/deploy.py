@@ -95,6 +95,7 @@ def adapt_files(files: list[Path], out: Path, prior: Path | None, config, device
         "mu_search": result.mu_search,
         "refine": result.refine,
         "refine_search": result.refine_search,
+        "kept_prior": result.kept_prior,
         "mp_version": __version__,
     }
     sha = save_weights(out, state, metadata)

@@ -16,6 +16,10 @@ from mpcli.recon.network import ARCH_VERSION, build_network
 from mpcli.scan import file_sha256
 from tests.synthetic import write_synthetic_fastmri
 
+# The tiny networks here are random, not trained priors: they predict held-out k-space far worse than
+# zeros would, and adapt() keeps such a prior unchanged (AdaptConfig.max_prior_error) unless told not to.
+RANDOM = math.inf
+
 TINY = {"arch": "resunroll", "iters": 2, "features": 8, "depth": 2, "shared": True}
 
 
@@ -59,15 +63,35 @@ def test_a_step_must_beat_the_prior_by_min_gain_to_be_kept(batch):
     torch.manual_seed(0)
     model = build_network(TINY)
     theta = prior_params(model)
-    free = adapt(model, theta, [batch], AdaptConfig(steps=4, patience=100, slices_per_step=2, min_gain=0.0))
+    free = adapt(model, theta, [batch], AdaptConfig(steps=4, patience=100, slices_per_step=2, min_gain=0.0, max_prior_error=RANDOM))
     assert free.best_step > 0 and free.curve[free.best_step]["val"] < free.curve[0]["val"]
     gain = 1 - min(r["val"] for r in free.curve[1:]) / free.curve[0]["val"]
-    strict = adapt(model, theta, [batch], AdaptConfig(steps=4, patience=100, slices_per_step=2,
+    strict = adapt(model, theta, [batch], AdaptConfig(steps=4, patience=100, slices_per_step=2, max_prior_error=RANDOM,
                                                       min_gain=min(gain + 0.01, 0.99)))
     assert strict.best_step == 0 and all(torch.equal(strict.params[k], theta[k]) for k in theta)
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="min_gain"):
             AdaptConfig(min_gain=bad)
+
+
+def test_adapt_keeps_a_prior_the_held_out_data_cannot_judge(batch):
+    """A prior that predicts held-out k-space worse than zeros (the random tiny network) comes back
+    unchanged with the reason, no μ factor, step or refinement; a threshold above its error, or inf,
+    lets adaptation run."""
+    torch.manual_seed(0)
+    model = build_network(TINY)
+    theta = prior_params(model)
+    kept = adapt(model, theta, [batch], AdaptConfig(steps=3, patience=100, slices_per_step=2))
+    err = kept.curve[0]["val"]
+    assert err >= 1 and "cannot judge" in kept.kept_prior
+    assert all(torch.equal(kept.params[k], theta[k]) for k in theta)
+    assert (kept.best_step, kept.mu_scale, kept.refine, kept.refine_search, len(kept.curve)) == (0, 1.0, None, [], 1)
+    for threshold in (err * 1.01, math.inf):
+        ran = adapt(model, theta, [batch], AdaptConfig(steps=3, patience=100, slices_per_step=2,
+                                                       max_prior_error=threshold))
+        assert ran.kept_prior is None and len(ran.curve) > 1
+    with pytest.raises(ValueError, match="max_prior_error"):
+        AdaptConfig(max_prior_error=0.0)
 
 
 def test_holdout_partitions_acquired_kspace(batch):
@@ -106,7 +130,7 @@ def test_proximity_keeps_distance_bounded_as_lambda_grows(batch):
     theta = prior_params(model)
     dist = []
     for lam in (0.0, 30.0, 90.0):
-        cfg = AdaptConfig(loss="mc", steps=6, lam=lam, lr=1e-2, optimizer="sgd", patience=100, slices_per_step=2)
+        cfg = AdaptConfig(loss="mc", steps=6, lam=lam, lr=1e-2, optimizer="sgd", patience=100, slices_per_step=2, max_prior_error=RANDOM)
         res = adapt(model, theta, [batch], cfg)
         assert res.curve[-1]["step"] == 6
         dist.append(max(r["dist"] for r in res.curve))
@@ -118,7 +142,7 @@ def test_proximity_keeps_distance_bounded_as_lambda_grows(batch):
 def test_adapt_is_deterministic_given_seed(batch):
     model = build_network(TINY)
     theta = prior_params(model)
-    cfg = AdaptConfig(steps=3, patience=100, slices_per_step=2, seed=7)
+    cfg = AdaptConfig(steps=3, patience=100, slices_per_step=2, seed=7, max_prior_error=RANDOM)
     a, b = adapt(model, theta, [batch], cfg), adapt(model, theta, [batch], cfg)
     assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
     assert a.curve == b.curve
@@ -189,7 +213,7 @@ def test_head_parameter_set_is_the_denoisers_output_side_and_mu():
 def test_adapting_only_mu_changes_only_mu(batch):
     model = build_network({"arch": "modl", "iters": 2, "features": 4, "depth": 3, "cg_iters": 2, "adaptive_mu": True})
     theta = prior_params(model)
-    res = adapt(model, theta, [batch], AdaptConfig(steps=2, patience=100, slices_per_step=2, params="mu", min_gain=0.0,
+    res = adapt(model, theta, [batch], AdaptConfig(steps=2, patience=100, slices_per_step=2, params="mu", min_gain=0.0, max_prior_error=RANDOM,
                                                    mu_lr_scale=10.0))
     changed = {k for k in theta if not torch.equal(res.params[k], theta[k])}
     assert changed and changed <= {"rho_mu", "mu_weights"}
@@ -211,7 +235,7 @@ def test_lowrank_adaptation_moves_weights_by_rank_r_deltas(batch):
     assert delta.low_rank and delta.size() < sum(v.numel() for v in theta.values())
     one = take(batch, slice(0, 1))
     assert torch.equal(bind(delta, params_of(delta))(one.y, one.A), model(one.y, one.A))
-    res = adapt(model, theta, [batch], AdaptConfig(steps=3, patience=100, slices_per_step=2, params="lowrank", rank=2,
+    res = adapt(model, theta, [batch], AdaptConfig(steps=3, patience=100, slices_per_step=2, params="lowrank", rank=2, max_prior_error=RANDOM,
                                                    min_gain=0.0))
     assert res.best_step > 0 and set(res.params) == set(theta)
     for k in delta.low_rank:
@@ -271,12 +295,12 @@ def test_adapt_chooses_mu_by_self_validation_before_stepping(batch):
     torch.manual_seed(0)
     model = build_network({"arch": "modl", "iters": 2, "features": 4, "depth": 3, "cg_iters": 2, "adaptive_mu": True})
     theta = prior_params(model)
-    res = adapt(model, theta, [batch], AdaptConfig(steps=1, patience=100, slices_per_step=2, min_gain=0.0,
+    res = adapt(model, theta, [batch], AdaptConfig(steps=1, patience=100, slices_per_step=2, min_gain=0.0, max_prior_error=RANDOM,
                                                    mu_factors=(0.01, 0.1, 10.0, 100.0)))
     best = min(res.mu_search, key=lambda t: t["val"])
     assert res.mu_scale == best["factor"] != 1.0 and res.curve[0]["val"] == pytest.approx(best["val"])
     assert len(res.mu_search) >= 5 and 1.0 in [t["factor"] for t in res.mu_search]
-    none = adapt(model, theta, [batch], AdaptConfig(steps=0, mu_factors=()))
+    none = adapt(model, theta, [batch], AdaptConfig(steps=0, mu_factors=(), max_prior_error=RANDOM))
     assert none.mu_scale == 1.0 and none.mu_search == [] and none.distance == 0.0
 
 

@@ -2,6 +2,7 @@
 ``mp adapt`` stores it and ``mp reconstruct --method adapted`` applies it."""
 
 import json
+import math
 
 import h5py
 import numpy as np
@@ -94,12 +95,13 @@ def test_adapt_scores_the_network_and_each_candidate_on_the_held_out_samples(sca
     scan = read_scans(scan_file)[0]
     batch = scan_batch(scan, estimate_maps(scan.kspace, scan.mask), torch.device("cpu"))
     model = _noisy_network()
-    res = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2))
+    res = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, max_prior_error=math.inf))
     assert res.refine_search[0]["lam"] is None and len(res.refine_search) == 1 + len(LAMS) + len(MUS)
     best = min(res.refine_search, key=lambda t: t["val"])
     assert res.refine == {"lam": best["lam"], "mu": best["mu"], "iters": AdaptConfig().refine_iters}
     assert best["lam"] is not None
-    off = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, refine=False))
+    off = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, refine=False,
+                                                                   max_prior_error=math.inf))
     assert off.refine is None and off.refine_search == []
 
 
@@ -111,7 +113,7 @@ def test_adapt_stores_the_choice_and_reconstruct_applies_it(scan_file, prior_fil
     for name, flag in (("refined", []), ("network", ["--no-refine"])):
         weights, recon = tmp_path / f"{name}.safetensors", tmp_path / name
         res = mp("adapt", "--kspace", scan_file, "--prior", prior_file, "--out", weights, "--steps", "1",
-                 "--recon", recon, "--format", "h5", "--json", *flag)
+                 "--recon", recon, "--format", "h5", "--json", "--keep-prior-above", "inf", *flag)
         assert res.exit_code == 0, res.stderr
         summary, meta = json.loads(res.stdout), load_weights(weights)[1]
         assert summary["refine"] == meta["refine"]
@@ -125,6 +127,21 @@ def test_adapt_stores_the_choice_and_reconstruct_applies_it(scan_file, prior_fil
     assert meta["refine"] is None and meta["refine_search"] == []  # the --no-refine file
     assert load_weights(tmp_path / "refined.safetensors")[1]["refine"]["iters"] == AdaptConfig().refine_iters
     assert _psnr(images["refined"], full) > _psnr(images["network"], full) + 3
+
+
+def test_mp_adapt_keeps_a_prior_that_cannot_predict_the_held_out_kspace(scan_file, prior_file, tmp_path):
+    """By default the noise-like prior (held-out error ≫ 1) is kept as it is: the summary says why,
+    nothing is refined, the weights file holds the prior's weights and the reason."""
+    weights = tmp_path / "kept.safetensors"
+    res = mp("adapt", "--kspace", scan_file, "--prior", prior_file, "--out", weights, "--json")
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert "cannot judge" in summary["kept_prior"] and summary["val_loss_prior"] >= 1
+    assert summary["refine"] is None and summary["steps"] == 0 and summary["distance_to_prior"] == 0
+    state, meta = load_weights(weights)
+    prior_state, _ = load_weights(prior_file)
+    assert meta["kept_prior"] == summary["kept_prior"]
+    assert all(torch.equal(state[k], prior_state[k]) for k in prior_state)
 
 
 def test_a_bad_stored_refinement_is_a_model_error(scan_file, prior_file, tmp_path):
