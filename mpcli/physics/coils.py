@@ -329,7 +329,7 @@ def select_crop(kspace: torch.Tensor, acquired: torch.Tensor, maps: torch.Tensor
     with w(k) = 1 / P(|k|), P the mean power of the acquired samples at k's
     radius (:func:`spectral_weight`; w = 1 without ``whiten``). Unweighted, the
     few centre samples carry almost all of ‖y_Γ‖², and at R ≈ 8 with 5 ACS lines
-    a support that cuts 5 % of the object moved e by under 10 %; whitened, every
+    a support that cut 1.5–3.5 % of the object's energy moved e by under 10 %; whitened, every
     band of k-space counts alike and the cut shows (``bench/crop_choice.py``).
 
     Candidates are tried from ``crop`` down through ``lower``; each replaces
