@@ -48,7 +48,7 @@ def main() -> None:
             task = c.draw_task(fam, seed)
             vol = c.with_maps(c.simulate_volume(task, args.slices, seed, device=device))
             probe = adapt(model, theta, [c.site_batch(vol)], dataclasses.replace(unguarded, steps=0, refine=False))
-            err = next((t["val"] for t in probe.mu_search if t["factor"] == 1.0), probe.curve[0]["val"])
+            err = probe.val_prior
             errors.append(err)
             print(f"[{fam} seed {seed}] {c.task_label(task)}: prior error {err:.4f}", file=sys.stderr, flush=True)
             if err < args.report_above:

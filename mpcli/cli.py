@@ -565,7 +565,7 @@ def adapt_cli(
         summary = {"weights": str(adapted.weights), "sha256": adapted.sha256, "parent_sha256": adapted.parent_sha256,
                    "steps": len(res.curve) - 1, "best_step": res.best_step, "stopped_early": res.stopped_early,
                    "mu_scale": res.mu_scale,
-                   "val_loss_prior": next((t["val"] for t in res.mu_search if t["factor"] == 1.0), res.curve[0]["val"]),
+                   "val_loss_prior": res.val_prior,
                    "val_loss_best": min(c["val"] for c in res.curve),
                    "distance_to_prior": res.distance,
                    "refine": res.refine,  # CS around the network's image, or None

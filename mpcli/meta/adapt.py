@@ -126,11 +126,12 @@ class AdaptConfig:
     refine_slices: int = 2  # of the ``val_slices`` self-validation slices, how many score the candidates
     refine_min_gain: float = 0.0
     # When the prior (μ as it gives it) predicts the held-out k-space no better than zeros would (relative
-    # error ≥ this), θ* is returned unchanged: no μ, no step, no refinement (inf: never). Measured (bench/heldout_guard.py,
-    # bench/README.md "A prior the held-out lines cannot judge"): 3 of 80 simulated tasks reach it, all
-    # R = 8 with 5 ACS lines (errors 1.12–1.49), and on all three every choice the held-out lines made
-    # lowered PSNR (prior 22.86 / 24.85 / 23.97 dB, mp adapt 18.02 / 21.74 / 21.32); the others stay
-    # ≤ 0.73, the real scans ≤ 0.03. A random or garbage network also reaches it: this trusts the prior
+    # error ≥ this), θ* is returned unchanged: no μ, no step, no refinement (inf: never). Measured
+    # (bench/heldout_guard.py, bench/README.md "A prior the held-out lines cannot judge"): 3 of 80
+    # simulated tasks reach it, all R = 8 with 5 ACS lines (errors 1.12–1.49), and on all three every
+    # choice the held-out lines made lowered PSNR (prior 22.86 / 24.85 / 23.97 dB, mp adapt 18.02 /
+    # 21.74 / 21.32); the others stay ≤ 0.73, the real scans ≤ 0.03. A random or garbage network also
+    # reaches it: this trusts the prior
     max_prior_error: float = 1.0
 
     def __post_init__(self):
@@ -304,6 +305,7 @@ class AdaptResult:
     refine: dict | None = None  # the chosen Refinement as a dict, None: the network alone
     refine_search: list[dict] = field(default_factory=list)  # {"lam", "mu", "val"} of every candidate
     kept_prior: str | None = None  # why θ* was returned without looking further (max_prior_error), else None
+    val_prior: float = math.nan  # the prior's own self-validation loss (μ as it gives it)
 
 
 def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: AdaptConfig,
@@ -331,8 +333,8 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
 
     # the gradient steps start from, and stay near, the prior with its μ chosen by self-validation
     theta, mu_scale, mu_tried = search_mu(prior, val_of, config.mu_factors, config.min_gain)
-    prior_val = next((t["val"] for t in mu_tried if t["factor"] == 1.0), None)
-    prior_val = val_of(prior) if prior_val is None else prior_val
+    searched = {t["factor"]: t["val"] for t in mu_tried}  # losses the search measured, by factor of μ
+    prior_val = searched[1.0] if 1.0 in searched else val_of(prior)
     if prior_val >= config.max_prior_error:
         why = (f"the prior's relative error predicting the held-out k-space is {prior_val:.3g} >= "
                f"{config.max_prior_error:g} (1: no better than zeros): the held-out measurements cannot judge "
@@ -340,7 +342,7 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
         log.warning("mp adapt: %s", why)
         curve = [{"step": 0, "train": None, "val": prior_val, "dist": 0.0}]
         return AdaptResult(prior, curve, 0, False, time.perf_counter() - t0, 0.0, asdict(config), 1.0, mu_tried,
-                           kept_prior=why)
+                           kept_prior=why, val_prior=prior_val)
     as_phi = dict
     if config.params == "lowrank":
         delta = LowRankDelta(model, theta, config.rank, derive_seed(config.seed, 23))
@@ -349,8 +351,7 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
 
     phi, state = dict(theta), init_opt_state(config.optimizer, theta)
     best_phi, stopper = phi, EarlyStopping(config.patience, config.min_gain)
-    searched = {t["factor"]: t["val"] for t in mu_tried}  # φ₀'s loss, when the search measured it
-    stopper.update(0, searched[mu_scale] if mu_scale in searched else val_of(phi))
+    stopper.update(0, searched.get(mu_scale, prior_val))  # φ₀'s loss: without a search φ₀ is the prior
     curve = [{"step": 0, "train": None, "val": stopper.best,
               "dist": float(tree_sqnorm(tree_sub(as_phi(phi), prior)).sqrt())}]
     stopped = False
@@ -385,7 +386,8 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
             partial(_refined_heldout, [_network_image(network, best_phi, t) for t, _ in held], held),
             config.refine_iters, min_gain=config.refine_min_gain)
     return AdaptResult(best_phi, curve, stopper.best_step, stopped, time.perf_counter() - t0, distance,
-                       asdict(config), mu_scale, mu_tried, refine and refine.as_dict(), refine_tried)
+                       asdict(config), mu_scale, mu_tried, refine and refine.as_dict(), refine_tried,
+                       val_prior=prior_val)
 
 
 def _network_image(model: nn.Module, phi: Params, batch: SiteBatch) -> torch.Tensor:
