@@ -5,7 +5,8 @@ held-out acquired k-space Γ. This bench asks where that signal is absent: for e
 computes the prior's relative held-out error e = ‖A_Γ f_θ*(y_T) − y_Γ‖² / ‖y_Γ‖² (μ as the prior gives
 it: the ``val_loss_prior`` of ``mp adapt``'s summary; e ≥ 1 means no better than predicting zeros)
 and, where e ≥ ``--report-above``, the PSNR of the unadapted prior, of ``mp adapt`` without the
-guard (``max_prior_error = inf``) and with the default (the prior kept when e ≥ 1). PSNR inside
+guards (``max_prior_error = inf``, ``min_calibration = 0``) and with the defaults (the prior kept when
+e ≥ 1, or when the coil maps come from fewer than 8 calibration lines: ``bench/few_calibration.py``). PSNR inside
 the ESPIRiT support as in ``bench/quality.py``.
 
     python bench/heldout_guard.py --threads 2 --seeds 0,1,2,3,4,5,6,7            # 64 tasks, ~12 min
@@ -41,7 +42,7 @@ def main() -> None:
     device = c.setup(args)
     model, theta, sha, _ = c.load_prior(args.prior, device)
     guarded = AdaptConfig()
-    unguarded = dataclasses.replace(guarded, max_prior_error=math.inf)
+    unguarded = dataclasses.replace(guarded, max_prior_error=math.inf, min_calibration=0)  # neither guard
     rows, errors = [], []
     for seed in (int(s) for s in args.seeds.split(",")):
         for fam in args.families.split(","):
@@ -56,8 +57,9 @@ def main() -> None:
             row = {"family": fam, "seed": seed, "task": c.task_label(task), "prior error": f"{err:.3f}",
                    "prior": c.score(vol.ref, c.run_network(vol, model, theta).image)[0],
                    "mp adapt, no guard": c.score(vol.ref, c.run_adapt(vol, model, theta, unguarded).image)[0]}
+            kept = adapt(model, theta, [c.site_batch(vol)], dataclasses.replace(guarded, steps=0, refine=False))
             row["mp adapt"] = (c.score(vol.ref, c.run_adapt(vol, model, theta, guarded).image)[0]
-                               if err >= guarded.max_prior_error else row["mp adapt, no guard"])  # else the same run
+                               if kept.kept_prior else row["mp adapt, no guard"])  # else the same run
             rows.append(row)
             print(f"  {row}", file=sys.stderr, flush=True)
     errors = np.array(errors)

@@ -76,7 +76,8 @@ def run_task(task, args, model, theta, net_config: dict, config: AdaptConfig, de
         "prior": lambda: c.run_network(vol, model, theta),
         "adapt": lambda: c.run_adapt(vol, model, theta, config),
         "adapt-random": lambda: c.run_adapt(vol, model, c.random_init(net_config, args.seed + 1, device),
-                                            dataclasses.replace(config, max_prior_error=math.inf)),  # no prior to keep
+                                            dataclasses.replace(config, max_prior_error=math.inf,
+                                                                min_calibration=0)),  # no prior to keep
         "oracle": lambda: c.run_oracle(vol, model, theta, args.oracle_steps, args.oracle_batch,
                                        args.oracle_pool, seed=args.seed),
     }

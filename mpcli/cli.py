@@ -443,6 +443,10 @@ def adapt_cli(
                                            help="Keep the prior unadapted when its relative error predicting the "
                                            "held-out k-space is at least ERROR (1: no better than predicting "
                                            "zeros, seen at R = 8 with 5 calibration lines); inf: never."),
+    min_calibration: int = typer.Option(7, "--min-calibration", metavar="LINES",
+                                        help="Keep the prior unadapted when a scan's coil maps come from fewer "
+                                        "than LINES fully sampled centre lines (the held-out k-space cannot "
+                                        "judge images made through such maps); 0: never."),
     recon: Path | None = typer.Option(None, metavar="DIR", help="Also reconstruct the scans into this folder."),
     formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
                                       help="Formats for --recon: h5, nifti or dicom; repeat for several "
@@ -466,7 +470,9 @@ def adapt_cli(
     held-out k-space, fine-tunes the network on the acquired k-space (no ground
     truth), stops when held-out k-space stops improving, tries CS around the
     network's image (kept when it predicts held-out k-space better), and writes
-    the adapted weights with that choice.
+    the adapted weights with that choice. Where held-out k-space cannot judge
+    (coil maps from fewer than 7 calibration lines, or a prior that predicts
+    it no better than zeros) the prior is kept, and the summary says why.
 
     Examples:
 
@@ -505,6 +511,8 @@ def adapt_cli(
                                    f"got {params!r}, {rank}")
         if not keep_prior_above > 0:
             raise UsageError(None, f"--keep-prior-above must be positive (inf: never), got {keep_prior_above:g}")
+        if min_calibration < 0:
+            raise UsageError(None, f"--min-calibration must be >= 0 (0: never), got {min_calibration}")
         fmts = parse_formats(formats)
         if send is not None and recon is None:
             raise UsageError(None, "--send sends the reconstructions: add --recon DIR")
@@ -527,6 +535,7 @@ def adapt_cli(
         torch.manual_seed(seed)
         config = AdaptConfig(loss=loss, steps=steps, lam=lam, lr=lr, patience=patience, seed=seed, params=params,
                              rank=rank, refine=not no_refine, max_prior_error=keep_prior_above,
+                             min_calibration=min_calibration,
                              **({"mu_factors": ()} if no_mu_search else {}))
         with _progress() as progress:
             reading = progress.add_task("coil maps", total=len(files))

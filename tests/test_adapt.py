@@ -1,5 +1,6 @@
 """Adaptation: proximity to the prior, early stopping, never touching inputs."""
 
+import dataclasses
 import json
 import math
 
@@ -10,15 +11,27 @@ from typer.testing import CliRunner
 from mpcli.cli import app
 from mpcli.io.readers import read_scans
 from mpcli.io.weights import load_weights, save_weights
-from mpcli.meta.adapt import AdaptConfig, EarlyStopping, adapt, heldout_loss, holdout, prior_params, scan_batch
-from mpcli.physics.coils import estimate_maps
+from mpcli.meta.adapt import (
+    AdaptConfig,
+    EarlyStopping,
+    SiteBatch,
+    adapt,
+    heldout_loss,
+    holdout,
+    prior_params,
+    scan_batch,
+)
+from mpcli.physics.coils import centred_acs_width, estimate_maps
+from mpcli.physics.sense import sense
 from mpcli.recon.network import ARCH_VERSION, build_network
 from mpcli.scan import file_sha256
-from tests.synthetic import write_synthetic_fastmri
+from tests.synthetic import line_mask, synthetic_kspace, write_synthetic_fastmri
 
 # The tiny networks here are random, not trained priors: they predict held-out k-space far worse than
-# zeros would, and adapt() keeps such a prior unchanged (AdaptConfig.max_prior_error) unless told not to.
+# zeros would, and the synthetic scans have 5 calibration lines; adapt() keeps the prior unchanged for
+# either reason (AdaptConfig.max_prior_error, min_calibration) unless told not to.
 RANDOM = math.inf
+UNGUARDED = {"max_prior_error": RANDOM, "min_calibration": 0}
 
 TINY = {"arch": "resunroll", "iters": 2, "features": 8, "depth": 2, "shared": True}
 
@@ -63,10 +76,10 @@ def test_a_step_must_beat_the_prior_by_min_gain_to_be_kept(batch):
     torch.manual_seed(0)
     model = build_network(TINY)
     theta = prior_params(model)
-    free = adapt(model, theta, [batch], AdaptConfig(steps=4, patience=100, slices_per_step=2, min_gain=0.0, max_prior_error=RANDOM))
+    free = adapt(model, theta, [batch], AdaptConfig(steps=4, patience=100, slices_per_step=2, min_gain=0.0, **UNGUARDED))
     assert free.best_step > 0 and free.curve[free.best_step]["val"] < free.curve[0]["val"]
     gain = 1 - min(r["val"] for r in free.curve[1:]) / free.curve[0]["val"]
-    strict = adapt(model, theta, [batch], AdaptConfig(steps=4, patience=100, slices_per_step=2, max_prior_error=RANDOM,
+    strict = adapt(model, theta, [batch], AdaptConfig(steps=4, patience=100, slices_per_step=2, **UNGUARDED,
                                                       min_gain=min(gain + 0.01, 0.99)))
     assert strict.best_step == 0 and all(torch.equal(strict.params[k], theta[k]) for k in theta)
     for bad in (-0.1, 1.0):
@@ -81,17 +94,45 @@ def test_adapt_keeps_a_prior_the_held_out_data_cannot_judge(batch):
     torch.manual_seed(0)
     model = build_network(TINY)
     theta = prior_params(model)
-    kept = adapt(model, theta, [batch], AdaptConfig(steps=3, patience=100, slices_per_step=2))
+    kept = adapt(model, theta, [batch], AdaptConfig(steps=3, patience=100, slices_per_step=2, min_calibration=0))
     err = kept.curve[0]["val"]
-    assert err >= 1 and "cannot judge" in kept.kept_prior
+    assert err >= 1 and "no better than zeros" in kept.kept_prior
     assert all(torch.equal(kept.params[k], theta[k]) for k in theta)
     assert (kept.best_step, kept.mu_scale, kept.refine, kept.refine_search, len(kept.curve)) == (0, 1.0, None, [], 1)
     for threshold in (err * 1.01, math.inf):
         ran = adapt(model, theta, [batch], AdaptConfig(steps=3, patience=100, slices_per_step=2,
-                                                       max_prior_error=threshold))
+                                                       max_prior_error=threshold, min_calibration=0))
         assert ran.kept_prior is None and len(ran.curve) > 1
     with pytest.raises(ValueError, match="max_prior_error"):
         AdaptConfig(max_prior_error=0.0)
+
+
+def test_prior_is_kept_when_the_coil_maps_come_from_too_few_calibration_lines():
+    """Maps calibrated on fewer than ``min_calibration`` centre lines (5 here) keep the prior, whatever its
+    held-out error; the same scan with 12 lines adapts; a multi-scan site is judged by its worst scan."""
+    torch.manual_seed(0)
+    model = build_network(TINY)
+    theta = prior_params(model)
+    k = torch.from_numpy(synthetic_kspace(slices=3, coils=4, h=32, w=32))  # [S, C, H, W]
+
+    def lines_batch(centre: int):
+        mask = torch.from_numpy(line_mask(32, 3, centre)).expand(3, 1, 32, 32).contiguous()  # [S, 1, H, W]
+        assert centred_acs_width(mask) == centre
+        y = k * mask
+        return SiteBatch(None, y, sense(estimate_maps(y, mask), mask))
+
+    few, enough = lines_batch(5), lines_batch(12)
+    cfg = AdaptConfig(steps=2, patience=100, slices_per_step=2, max_prior_error=math.inf)  # min_calibration 7
+    kept = adapt(model, theta, [few], cfg)
+    assert "5 fully sampled centre lines, fewer than 7" in kept.kept_prior
+    assert all(torch.equal(kept.params[k], theta[k]) for k in theta)
+    assert (kept.best_step, kept.mu_scale, kept.refine, len(kept.curve)) == (0, 1.0, None, 1)
+    assert kept.val_prior == kept.curve[0]["val"] > 0
+    assert adapt(model, theta, [enough], cfg).kept_prior is None
+    assert "5 fully sampled" in adapt(model, theta, [enough, few], cfg).kept_prior
+    assert adapt(model, theta, [few], dataclasses.replace(cfg, min_calibration=5)).kept_prior is None
+    with pytest.raises(ValueError, match="min_calibration"):
+        AdaptConfig(min_calibration=-1)
 
 
 def test_holdout_partitions_acquired_kspace(batch):
@@ -130,7 +171,7 @@ def test_proximity_keeps_distance_bounded_as_lambda_grows(batch):
     theta = prior_params(model)
     dist = []
     for lam in (0.0, 30.0, 90.0):
-        cfg = AdaptConfig(loss="mc", steps=6, lam=lam, lr=1e-2, optimizer="sgd", patience=100, slices_per_step=2, max_prior_error=RANDOM)
+        cfg = AdaptConfig(loss="mc", steps=6, lam=lam, lr=1e-2, optimizer="sgd", patience=100, slices_per_step=2, **UNGUARDED)
         res = adapt(model, theta, [batch], cfg)
         assert res.curve[-1]["step"] == 6
         dist.append(max(r["dist"] for r in res.curve))
@@ -142,7 +183,7 @@ def test_proximity_keeps_distance_bounded_as_lambda_grows(batch):
 def test_adapt_is_deterministic_given_seed(batch):
     model = build_network(TINY)
     theta = prior_params(model)
-    cfg = AdaptConfig(steps=3, patience=100, slices_per_step=2, seed=7, max_prior_error=RANDOM)
+    cfg = AdaptConfig(steps=3, patience=100, slices_per_step=2, seed=7, **UNGUARDED)
     a, b = adapt(model, theta, [batch], cfg), adapt(model, theta, [batch], cfg)
     assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
     assert a.curve == b.curve
@@ -213,7 +254,7 @@ def test_head_parameter_set_is_the_denoisers_output_side_and_mu():
 def test_adapting_only_mu_changes_only_mu(batch):
     model = build_network({"arch": "modl", "iters": 2, "features": 4, "depth": 3, "cg_iters": 2, "adaptive_mu": True})
     theta = prior_params(model)
-    res = adapt(model, theta, [batch], AdaptConfig(steps=2, patience=100, slices_per_step=2, params="mu", min_gain=0.0, max_prior_error=RANDOM,
+    res = adapt(model, theta, [batch], AdaptConfig(steps=2, patience=100, slices_per_step=2, params="mu", min_gain=0.0, **UNGUARDED,
                                                    mu_lr_scale=10.0))
     changed = {k for k in theta if not torch.equal(res.params[k], theta[k])}
     assert changed and changed <= {"rho_mu", "mu_weights"}
@@ -235,7 +276,7 @@ def test_lowrank_adaptation_moves_weights_by_rank_r_deltas(batch):
     assert delta.low_rank and delta.size() < sum(v.numel() for v in theta.values())
     one = take(batch, slice(0, 1))
     assert torch.equal(bind(delta, params_of(delta))(one.y, one.A), model(one.y, one.A))
-    res = adapt(model, theta, [batch], AdaptConfig(steps=3, patience=100, slices_per_step=2, params="lowrank", rank=2, max_prior_error=RANDOM,
+    res = adapt(model, theta, [batch], AdaptConfig(steps=3, patience=100, slices_per_step=2, params="lowrank", rank=2, **UNGUARDED,
                                                    min_gain=0.0))
     assert res.best_step > 0 and set(res.params) == set(theta)
     for k in delta.low_rank:
@@ -295,12 +336,12 @@ def test_adapt_chooses_mu_by_self_validation_before_stepping(batch):
     torch.manual_seed(0)
     model = build_network({"arch": "modl", "iters": 2, "features": 4, "depth": 3, "cg_iters": 2, "adaptive_mu": True})
     theta = prior_params(model)
-    res = adapt(model, theta, [batch], AdaptConfig(steps=1, patience=100, slices_per_step=2, min_gain=0.0, max_prior_error=RANDOM,
+    res = adapt(model, theta, [batch], AdaptConfig(steps=1, patience=100, slices_per_step=2, min_gain=0.0, **UNGUARDED,
                                                    mu_factors=(0.01, 0.1, 10.0, 100.0)))
     best = min(res.mu_search, key=lambda t: t["val"])
     assert res.mu_scale == best["factor"] != 1.0 and res.curve[0]["val"] == pytest.approx(best["val"])
     assert len(res.mu_search) >= 5 and 1.0 in [t["factor"] for t in res.mu_search]
-    none = adapt(model, theta, [batch], AdaptConfig(steps=0, mu_factors=(), max_prior_error=RANDOM))
+    none = adapt(model, theta, [batch], AdaptConfig(steps=0, mu_factors=(), **UNGUARDED))
     assert none.mu_scale == 1.0 and none.mu_search == [] and none.distance == 0.0
 
 
@@ -314,7 +355,7 @@ def test_adapt_cli_reports_the_mu_factor_and_can_skip_the_search(scan_file, tmp_
     runner = CliRunner()
     for flag, out in (([], "a.safetensors"), (["--no-mu-search"], "b.safetensors")):
         res = runner.invoke(app, ["adapt", "--kspace", str(scan_file), "--prior", str(prior), "--json",
-                                  "--out", str(tmp_path / out), "--steps", "1", *flag])
+                                  "--out", str(tmp_path / out), "--steps", "1", "--min-calibration", "0", *flag])
         assert res.exit_code == 0, res.stderr
         _, meta = load_weights(tmp_path / out)
         assert json.loads(res.stdout)["mu_scale"] == meta["mu_scale"]

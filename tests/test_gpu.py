@@ -145,7 +145,8 @@ def test_network_forward_cuda_equals_cpu(no_tf32):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_adapt_cli_runs_on_cuda(scan_file, prior, tmp_path):
-    """``mp adapt --device cuda`` adapts, writes loadable weights and reconstructs."""
+    """``mp adapt --device cuda`` adapts (the random prior on 5 calibration lines, both guards off), writes
+    loadable weights and reconstructs."""
     from typer.testing import CliRunner
 
     from mpcli.cli import app
@@ -154,7 +155,7 @@ def test_adapt_cli_runs_on_cuda(scan_file, prior, tmp_path):
     out = tmp_path / "adapted.safetensors"
     res = CliRunner().invoke(app, ["adapt", "--kspace", str(scan_file), "--prior", str(prior), "--out", str(out),
                                    "--recon", str(tmp_path / "recon"), "--format", "h5", "--steps", "3",
-                                   "--device", "cuda"])
+                                   "--device", "cuda", "--keep-prior-above", "inf", "--min-calibration", "0"])
     assert res.exit_code == 0, res.output
     _, meta = load_weights(out)
     assert meta["kind"] == "adapted"

@@ -17,7 +17,7 @@ from mpcli.physics.coils import estimate_maps, rss
 from mpcli.physics.fft import ifft2c
 from mpcli.recon.network import ARCH_VERSION, build_network
 from mpcli.recon.refine import LAMS, MUS, Refinement, choose_refinement
-from tests.cli_helpers import mp
+from tests.cli_helpers import mp, nonblank_lines
 from tests.synthetic import synthetic_kspace, write_synthetic_fastmri
 
 TINY = {"arch": "resunroll", "iters": 2, "features": 8, "depth": 2, "shared": True}
@@ -95,13 +95,13 @@ def test_adapt_scores_the_network_and_each_candidate_on_the_held_out_samples(sca
     scan = read_scans(scan_file)[0]
     batch = scan_batch(scan, estimate_maps(scan.kspace, scan.mask), torch.device("cpu"))
     model = _noisy_network()
-    res = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, max_prior_error=math.inf))
+    res = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, max_prior_error=math.inf, min_calibration=0))
     assert res.refine_search[0]["lam"] is None and len(res.refine_search) == 1 + len(LAMS) + len(MUS)
     best = min(res.refine_search, key=lambda t: t["val"])
     assert res.refine == {"lam": best["lam"], "mu": best["mu"], "iters": AdaptConfig().refine_iters}
     assert best["lam"] is not None
     off = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, refine=False,
-                                                                   max_prior_error=math.inf))
+                                                                   max_prior_error=math.inf, min_calibration=0))
     assert off.refine is None and off.refine_search == []
 
 
@@ -113,7 +113,7 @@ def test_adapt_stores_the_choice_and_reconstruct_applies_it(scan_file, prior_fil
     for name, flag in (("refined", []), ("network", ["--no-refine"])):
         weights, recon = tmp_path / f"{name}.safetensors", tmp_path / name
         res = mp("adapt", "--kspace", scan_file, "--prior", prior_file, "--out", weights, "--steps", "1",
-                 "--recon", recon, "--format", "h5", "--json", "--keep-prior-above", "inf", *flag)
+                 "--recon", recon, "--format", "h5", "--json", "--keep-prior-above", "inf", "--min-calibration", "0", *flag)
         assert res.exit_code == 0, res.stderr
         summary, meta = json.loads(res.stdout), load_weights(weights)[1]
         assert summary["refine"] == meta["refine"]
@@ -133,15 +133,36 @@ def test_mp_adapt_keeps_a_prior_that_cannot_predict_the_held_out_kspace(scan_fil
     """By default the noise-like prior (held-out error ≫ 1) is kept as it is: the summary says why,
     nothing is refined, the weights file holds the prior's weights and the reason."""
     weights = tmp_path / "kept.safetensors"
-    res = mp("adapt", "--kspace", scan_file, "--prior", prior_file, "--out", weights, "--json")
+    res = mp("adapt", "--kspace", scan_file, "--prior", prior_file, "--out", weights, "--json",
+             "--min-calibration", "0")  # the scan's 5 calibration lines would keep the prior first
     assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)
-    assert "cannot judge" in summary["kept_prior"] and summary["val_loss_prior"] >= 1
+    assert "no better than zeros" in summary["kept_prior"] and summary["val_loss_prior"] >= 1
     assert summary["refine"] is None and summary["steps"] == 0 and summary["distance_to_prior"] == 0
     state, meta = load_weights(weights)
     prior_state, _ = load_weights(prior_file)
     assert meta["kept_prior"] == summary["kept_prior"]
     assert all(torch.equal(state[k], prior_state[k]) for k in prior_state)
+
+
+def test_mp_adapt_keeps_the_prior_when_the_maps_come_from_few_calibration_lines(scan_file, prior_file, tmp_path,
+                                                                                caplog):
+    """The synthetic scan has 5 calibration lines (< 7): the prior is kept whatever its held-out error, and
+    the summary, the weights file and a logged warning (stderr outside pytest) say why; a negative --min-calibration is a
+    one-line usage error (exit 2) that writes nothing."""
+    weights = tmp_path / "kept.safetensors"
+    res = mp("adapt", "--kspace", scan_file, "--prior", prior_file, "--out", weights, "--json",
+             "--keep-prior-above", "inf")
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert "5 fully sampled centre lines, fewer than 7" in summary["kept_prior"]
+    assert any("5 fully sampled centre lines, fewer than 7" in r.getMessage() for r in caplog.records)
+    assert summary["refine"] is None and summary["steps"] == 0 and summary["distance_to_prior"] == 0
+    assert load_weights(weights)[1]["kept_prior"] == summary["kept_prior"]
+    bad = mp("adapt", "--kspace", scan_file, "--prior", prior_file, "--out", tmp_path / "no.safetensors",
+             "--min-calibration", "-1")
+    assert bad.exit_code == 2 and len(nonblank_lines(bad.stderr)) == 1 and "--min-calibration" in bad.stderr
+    assert not (tmp_path / "no.safetensors").exists()
 
 
 def test_a_bad_stored_refinement_is_a_model_error(scan_file, prior_file, tmp_path):

@@ -24,6 +24,10 @@ Last, CS around the adapted network's image (:mod:`mpcli.recon.refine`) is
 scored on the same split, its (λ, μ) chosen by L_val; the choice, or none when
 the network alone predicts Γ as well, is part of the result and of the
 adapted weights file, and ``mp reconstruct --method adapted`` applies it.
+
+Where L_val cannot judge a scan, θ* comes back unchanged, with the reason: when a scan's coil maps
+come from fewer than ``min_calibration`` calibration lines, or when the prior predicts Γ no better
+than zeros (``max_prior_error``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from mpcli.meta.functional import (
 from mpcli.meta.inner import init_opt_state, inner_step
 from mpcli.meta.losses import acquired_mask, derive_seed, make_loss, reseed
 from mpcli.meta.lowrank import LowRankDelta
+from mpcli.physics.coils import centred_acs_width
 from mpcli.physics.masks import split_like_acquisition
 from mpcli.physics.sense import Sense, sense
 from mpcli.recon.network import MU_PARAMS
@@ -133,6 +138,14 @@ class AdaptConfig:
     # 21.74 / 21.32); the others stay ≤ 0.73, the real scans ≤ 0.03. A random or garbage network also
     # reaches it: this trusts the prior
     max_prior_error: float = 1.0
+    # When a scan's coil maps come from fewer fully sampled centre lines than this, θ* is also returned
+    # unchanged (0: never). The maps are then poorly determined, and a candidate that fits the data harder
+    # through them (a larger μ, a step, CS) can predict the held-out lines better while its image gets worse.
+    # Measured (bench/few_calibration.py, bench/README.md "Few calibration lines"; the R = 8 family of
+    # bench/quality.py, 128², the same tasks at three centre fractions): with 5-6 lines adapting lost to the
+    # prior on most tasks, by up to 5 dB; with 7 or 10-11 lines it gained on most. Lines, not a fraction of
+    # the matrix: coil maps are smooth on the scale of the field of view
+    min_calibration: int = 7
 
     def __post_init__(self):
         if self.params not in PARAM_SETS:
@@ -148,6 +161,8 @@ class AdaptConfig:
         if not (0 <= self.min_gain < 1 and 0 <= self.refine_min_gain < 1):
             raise ValueError(f"min_gain and refine_min_gain must be in [0, 1), got {self.min_gain!r}, "
                              f"{self.refine_min_gain!r}")
+        if self.min_calibration < 0:
+            raise ValueError(f"min_calibration must be >= 0 (0: never keep the prior), got {self.min_calibration!r}")
         if not self.max_prior_error > 0:
             raise ValueError(f"max_prior_error must be positive (inf: never keep the prior), got "
                              f"{self.max_prior_error!r}")
@@ -304,7 +319,8 @@ class AdaptResult:
     mu_search: list[dict] = field(default_factory=list)  # {"factor", "val"} of every factor tried
     refine: dict | None = None  # the chosen Refinement as a dict, None: the network alone
     refine_search: list[dict] = field(default_factory=list)  # {"lam", "mu", "val"} of every candidate
-    kept_prior: str | None = None  # why θ* was returned without looking further (max_prior_error), else None
+    kept_prior: str | None = None  # why θ* was returned without looking further (min_calibration,
+    # max_prior_error), else None
     val_prior: float = math.nan  # the prior's own self-validation loss (μ as it gives it)
 
 
@@ -317,8 +333,8 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
     :func:`search_mu` (``config.mu_factors``). With ``params = "lowrank"`` the steps
     are taken in ψ (:class:`~mpcli.meta.lowrank.LowRankDelta`, proximity λ/2‖ψ − ψ₀‖²);
     the result, the curve's distances and ``distance`` are in θ's space, φ(ψ). When the prior's
-    own self-validation loss is ``config.max_prior_error`` or more, θ* comes back unchanged and
-    ``kept_prior`` says why.
+    own self-validation loss is ``config.max_prior_error`` or more, or a scan's coil maps were calibrated on
+    fewer than ``config.min_calibration`` centre lines, θ* comes back unchanged and ``kept_prior`` says why.
     """
     t0 = time.perf_counter()
     network, prior = model, tree_detach(theta)  # ``model`` becomes the low-rank wrapper with "lowrank"
@@ -331,18 +347,26 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
         return sum(validation_loss(net, phi, take(t, i), take(g, i))
                    for (t, g), i in zip(splits, val_idx)) / len(splits)
 
+    def keep_prior(why: str, prior_val: float, mu_tried: list[dict]) -> AdaptResult:
+        log.warning("mp adapt: %s", why)
+        curve = [{"step": 0, "train": None, "val": prior_val, "dist": 0.0}]
+        return AdaptResult(prior, curve, 0, False, time.perf_counter() - t0, 0.0, asdict(config), 1.0, mu_tried,
+                           kept_prior=why, val_prior=prior_val)
+
+    lines = min(centred_acs_width(b.A.mask) for b in batches)
+    if lines < config.min_calibration:
+        which = "the coil maps" if len(batches) == 1 else "the coil maps of a scan"
+        return keep_prior(f"{which} come from {lines} fully sampled centre lines, fewer than "
+                          f"{config.min_calibration}: the held-out measurements cannot judge images made through "
+                          f"such maps, the prior is kept as it is", val_of(prior), [])
     # the gradient steps start from, and stay near, the prior with its μ chosen by self-validation
     theta, mu_scale, mu_tried = search_mu(prior, val_of, config.mu_factors, config.min_gain)
     searched = {t["factor"]: t["val"] for t in mu_tried}  # losses the search measured, by factor of μ
     prior_val = searched[1.0] if 1.0 in searched else val_of(prior)
     if prior_val >= config.max_prior_error:
-        why = (f"the prior's relative error predicting the held-out k-space is {prior_val:.3g} >= "
-               f"{config.max_prior_error:g} (1: no better than zeros): the held-out measurements cannot judge "
-               f"this scan, the prior is kept as it is")
-        log.warning("mp adapt: %s", why)
-        curve = [{"step": 0, "train": None, "val": prior_val, "dist": 0.0}]
-        return AdaptResult(prior, curve, 0, False, time.perf_counter() - t0, 0.0, asdict(config), 1.0, mu_tried,
-                           kept_prior=why, val_prior=prior_val)
+        return keep_prior(f"the prior's relative error predicting the held-out k-space is {prior_val:.3g} >= "
+                          f"{config.max_prior_error:g} (1: no better than zeros): the held-out measurements cannot "
+                          f"judge this scan, the prior is kept as it is", prior_val, mu_tried)
     as_phi = dict
     if config.params == "lowrank":
         delta = LowRankDelta(model, theta, config.rank, derive_seed(config.seed, 23))
