@@ -48,8 +48,9 @@ METHODS = ("zero-filled", "sense", "cs*", "bart*", "bart", "prior", "adapt")
 CLASSICAL = ("sense", "cs*", "bart*", "bart")
 
 
-def mprage_volume(acceleration: float, seed: int) -> c.Volume:
-    """The MPRAGE slice undersampled at ``acceleration``; ref = RSS of the full coil images."""
+def mprage_volume(acceleration: float, seed: int, centre_fraction: float = 0.08) -> c.Volume:
+    """The MPRAGE slice undersampled at ``acceleration`` (random lines, ``centre_fraction`` fully sampled
+    at the centre); ref = RSS of the full coil images."""
     import scipy.io
 
     from mpcli.recon.classical import zero_filled
@@ -57,7 +58,7 @@ def mprage_volume(acceleration: float, seed: int) -> c.Volume:
     data = scipy.io.loadmat(MPRAGE)["kData"]  # (256, 256, 4) complex128, coils last
     full = torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1))).to(torch.complex64)[None]  # [1, 4, H, W]
     h, w = full.shape[-2:]
-    mask = make_mask("random", (h, w), acceleration, 0.08, seed=seed).reshape(1, 1, 1, w).expand(1, 1, h, w)
+    mask = make_mask("random", (h, w), acceleration, centre_fraction, seed=seed).reshape(1, 1, 1, w).expand(1, 1, h, w)
     mask = mask.contiguous().to(torch.float32)
     y = full * mask  # [1, 4, H, W]
     ref = zero_filled(full).numpy().astype(np.float32)  # [1, H, W]
