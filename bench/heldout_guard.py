@@ -6,8 +6,8 @@ computes the prior's relative held-out error e = ‖A_Γ f_θ*(y_T) − y_Γ‖�
 it: the ``val_loss_prior`` of ``mp adapt``'s summary; e ≥ 1 means no better than predicting zeros)
 and, where e ≥ ``--report-above``, the PSNR of the unadapted prior, of ``mp adapt`` without the
 guards (``max_prior_error = inf``, ``min_calibration = 0``) and with the defaults (the prior kept when
-e ≥ 1, or when the coil maps come from fewer than 8 calibration lines: ``bench/few_calibration.py``). PSNR inside
-the ESPIRiT support as in ``bench/quality.py``.
+e ≥ 1, or when the coil maps come from fewer than 7 calibration lines: ``bench/few_calibration.py``).
+PSNR inside the ESPIRiT support as in ``bench/quality.py``.
 
     python bench/heldout_guard.py --threads 2 --seeds 0,1,2,3,4,5,6,7            # 64 tasks, ~12 min
     python bench/heldout_guard.py --threads 2 --families acceleration_8 --seeds 8,9,10,11,12,13,14,15
@@ -48,7 +48,7 @@ def main() -> None:
         for fam in args.families.split(","):
             task = c.draw_task(fam, seed)
             vol = c.with_maps(c.simulate_volume(task, args.slices, seed, device=device))
-            probe = adapt(model, theta, [c.site_batch(vol)], dataclasses.replace(unguarded, steps=0, refine=False))
+            probe = adapt(model, theta, [c.site_batch(vol)], dataclasses.replace(guarded, steps=0, refine=False))
             err = probe.val_prior
             errors.append(err)
             print(f"[{fam} seed {seed}] {c.task_label(task)}: prior error {err:.4f}", file=sys.stderr, flush=True)
@@ -57,9 +57,8 @@ def main() -> None:
             row = {"family": fam, "seed": seed, "task": c.task_label(task), "prior error": f"{err:.3f}",
                    "prior": c.score(vol.ref, c.run_network(vol, model, theta).image)[0],
                    "mp adapt, no guard": c.score(vol.ref, c.run_adapt(vol, model, theta, unguarded).image)[0]}
-            kept = adapt(model, theta, [c.site_batch(vol)], dataclasses.replace(guarded, steps=0, refine=False))
             row["mp adapt"] = (c.score(vol.ref, c.run_adapt(vol, model, theta, guarded).image)[0]
-                               if kept.kept_prior else row["mp adapt, no guard"])  # else the same run
+                               if probe.kept_prior else row["mp adapt, no guard"])  # else the same run
             rows.append(row)
             print(f"  {row}", file=sys.stderr, flush=True)
     errors = np.array(errors)
