@@ -40,7 +40,7 @@ from mpcli.physics.coils import centred_acs_width
 
 
 def volumes(args: argparse.Namespace, device):
-    """(seed, centre fraction, volume with ESPIRiT maps, label) of every scan the bench runs."""
+    """(seed, volume with ESPIRiT maps, label) of every scan the bench runs."""
     for seed in (int(s) for s in args.seeds.split(",")):
         for cf in args.centre_fractions.split(","):
             if args.mprage:
@@ -49,7 +49,7 @@ def volumes(args: argparse.Namespace, device):
                 for r in (4.0, 6.0):
                     frac = 0.08 if cf == "own" else float(cf)
                     vol = mprage_volume(r, seed, frac)
-                    yield seed, cf, vol, f"real MPRAGE 256x256, random R{r:g} cf{frac:.3f}, 4c"
+                    yield seed, vol, f"real MPRAGE 256x256, random R{r:g} cf{frac:.3f}, 4c"
                 continue
             task = c.draw_task(args.family, seed)
             if args.acceleration:
@@ -58,7 +58,7 @@ def volumes(args: argparse.Namespace, device):
                 task = dataclasses.replace(task, size=(args.size, args.size))
             if cf != "own":
                 task = dataclasses.replace(task, center_fraction=float(cf))
-            yield seed, cf, c.with_maps(c.simulate_volume(task, args.slices, seed, device=device)), c.task_label(task)
+            yield seed, c.with_maps(c.simulate_volume(task, args.slices, seed, device=device)), c.task_label(task)
 
 
 def main() -> None:
@@ -79,7 +79,7 @@ def main() -> None:
     default = AdaptConfig()
     unguarded = dataclasses.replace(default, min_calibration=0, max_prior_error=math.inf)
     rows, gains = [], {}
-    for seed, _, vol, label in volumes(args, device):
+    for seed, vol, label in volumes(args, device):
         lines = centred_acs_width(vol.mask)
         prior = c.score(vol.ref, c.run_network(vol, model, theta).image)[0]
         free = c.score(vol.ref, c.run_adapt(vol, model, theta, unguarded).image)[0]
