@@ -615,7 +615,9 @@ def _refine_cell(refine: dict | None, off: bool, kept_prior: bool = False) -> st
         return "none: the prior is kept (kept_prior)"
     if refine is None:
         return "none: the network alone predicts the held-out k-space best"
-    return f"CS around the network: λ {refine['lam']:g}, μ {refine['mu']:g}, {refine['iters']} iterations"
+    l1 = "plain L1" if refine.get("eps") is None else f"L1 weighted by the network's wavelets, ε {refine['eps']:g}"
+    return (f"CS around the network: λ {refine['lam']:g}, μ {refine['mu']:g}, {refine['iters']} iterations, "
+            f"{l1}")
 
 
 @app.command("watch", short_help="Reconstruct each k-space file that lands in a folder, until stopped.")

@@ -16,7 +16,7 @@ from mpcli.meta.adapt import AdaptConfig, adapt, prior_params, scan_batch
 from mpcli.physics.coils import estimate_maps, rss
 from mpcli.physics.fft import ifft2c
 from mpcli.recon.network import ARCH_VERSION, build_network
-from mpcli.recon.refine import LAMS, MUS, Refinement, choose_refinement
+from mpcli.recon.refine import EPS, LAMS, LAMS_WEIGHTED, MUS, Refinement, choose_refinement
 from tests.cli_helpers import mp, nonblank_lines
 from tests.synthetic import synthetic_kspace, write_synthetic_fastmri
 
@@ -50,14 +50,18 @@ def _psnr(x: np.ndarray, ref: np.ndarray) -> float:
 
 
 def test_choice_is_lambda_at_mu_zero_then_mu_and_the_network_wins_without_gain():
-    """λ is searched at μ = 0, then μ at the best λ; the network alone stays unless beaten by min_gain."""
+    """λ is searched at μ = 0, then μ at the best λ; the network alone stays unless beaten by min_gain.
+    The weighted L1 (default) searches its own λ grid, plain L1 (eps None) the tuned-CS one."""
     def loss(r):
         return 1.0 if r is None else abs(np.log10(r.lam) + 3) + abs(r.mu - 0.03) + 0.5
 
     choice, tried = choose_refinement(loss, iters=17)
-    assert choice == Refinement(1e-3, 0.03, 17)
-    assert [(t["lam"], t["mu"]) for t in tried] == [(None, None), *((lam, 0.0) for lam in LAMS),
+    assert choice == Refinement(1e-3, 0.03, 17, EPS)
+    assert [(t["lam"], t["mu"]) for t in tried] == [(None, None), *((lam, 0.0) for lam in LAMS_WEIGHTED),
                                                     *((1e-3, mu) for mu in MUS)]
+    plain, tried = choose_refinement(loss, iters=17, eps=None)
+    assert plain == Refinement(1e-3, 0.03, 17) and plain.eps is None
+    assert [t["lam"] for t in tried[1:1 + len(LAMS)]] == list(LAMS)
     assert tried[0]["val"] == 1.0 and min(t["val"] for t in tried) == pytest.approx(0.5)
     assert choose_refinement(loss, min_gain=0.6)[0] is None  # 0.5 is not 60 % below 1.0
     assert choose_refinement(lambda r: 1.0 if r is None else 2.0)[0] is None
@@ -67,11 +71,18 @@ def test_choice_is_lambda_at_mu_zero_then_mu_and_the_network_wins_without_gain()
                                  {"lam": 1e-3, "mu": float("nan"), "iters": 60},
                                  {"lam": 1e-3, "mu": 0.0, "iters": 0}, {"lam": 1e-3, "mu": 0.0, "iters": 2.5},
                                  {"lam": "1e-3", "mu": 0.0, "iters": 60},
-                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "x": 1}])
+                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "x": 1},
+                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "eps": 0},
+                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "eps": float("inf")},
+                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "eps": "0.05"}])
 def test_a_stored_refinement_is_validated(bad):
+    """A stored refinement round-trips; files from before the weighted L1 (no "eps") are plain L1."""
     with pytest.raises(ValueError):
         Refinement.from_dict(bad)
-    assert Refinement.from_dict({"lam": 0, "mu": 0.1, "iters": 5}) == Refinement(0.0, 0.1, 5)
+    assert Refinement.from_dict({"lam": 0, "mu": 0.1, "iters": 5}) == Refinement(0.0, 0.1, 5, None)
+    weighted = Refinement(3e-3, 0.01, 45, 0.05)
+    assert Refinement.from_dict(weighted.as_dict()) == weighted
+    assert Refinement.from_dict({"lam": 3e-3, "mu": 0.01, "iters": 45, "eps": None}).eps is None
 
 
 def test_refinement_moves_a_poor_image_towards_the_data_and_large_mu_keeps_it(scan_file):
@@ -96,9 +107,9 @@ def test_adapt_scores_the_network_and_each_candidate_on_the_held_out_samples(sca
     batch = scan_batch(scan, estimate_maps(scan.kspace, scan.mask), torch.device("cpu"))
     model = _noisy_network()
     res = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, max_prior_error=math.inf, min_calibration=0))
-    assert res.refine_search[0]["lam"] is None and len(res.refine_search) == 1 + len(LAMS) + len(MUS)
+    assert res.refine_search[0]["lam"] is None and len(res.refine_search) == 1 + len(LAMS_WEIGHTED) + len(MUS)
     best = min(res.refine_search, key=lambda t: t["val"])
-    assert res.refine == {"lam": best["lam"], "mu": best["mu"], "iters": AdaptConfig().refine_iters}
+    assert res.refine == {"lam": best["lam"], "mu": best["mu"], "iters": AdaptConfig().refine_iters, "eps": EPS}
     assert best["lam"] is not None
     off = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, refine=False,
                                                                    max_prior_error=math.inf, min_calibration=0))

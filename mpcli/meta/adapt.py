@@ -59,7 +59,7 @@ from mpcli.physics.coils import centred_acs_width
 from mpcli.physics.masks import split_like_acquisition
 from mpcli.physics.sense import Sense, sense
 from mpcli.recon.network import MU_PARAMS
-from mpcli.recon.refine import Refinement, choose_refinement
+from mpcli.recon.refine import EPS, Refinement, choose_refinement
 from mpcli.scan import Scan
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,9 @@ class AdaptConfig:
     refine_iters: int = 45
     refine_slices: int = 2  # of the ``val_slices`` self-validation slices, how many score the candidates
     refine_min_gain: float = 0.0
+    # The refinement's L1 weighted by the network's own wavelet coefficients (mpcli.recon.wavelet.wavelet_l1,
+    # scale ε); None: plain L1-wavelet. Measured in mpcli.recon.refine's docstring
+    refine_eps: float | None = EPS
     # When the prior (μ as it gives it) predicts the held-out k-space no better than zeros would (relative
     # error ≥ this), θ* is returned unchanged: no μ, no step, no refinement (inf: never). Measured
     # (bench/heldout_guard.py, bench/README.md "A prior the held-out lines cannot judge"): 3 of 80
@@ -408,7 +411,7 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
                 for (t, g), i in zip(splits, val_idx)]
         refine, refine_tried = choose_refinement(
             partial(_refined_heldout, [_network_image(network, best_phi, t) for t, _ in held], held),
-            config.refine_iters, min_gain=config.refine_min_gain)
+            config.refine_iters, min_gain=config.refine_min_gain, eps=config.refine_eps)
     return AdaptResult(best_phi, curve, stopper.best_step, stopped, time.perf_counter() - t0, distance,
                        asdict(config), mu_scale, mu_tried, refine and refine.as_dict(), refine_tried,
                        val_prior=prior_val)

@@ -75,8 +75,9 @@ def l1_wavelet(
     cycle_spin: bool = True,
     start: torch.Tensor | None = None,
     mu: float = 0.0,
+    eps: float | None = None,
 ) -> torch.Tensor:
-    """L1-wavelet CS: argmin_x ½‖M(F S x − y)‖² + λ‖Ψ x‖₁ [+ μ/2‖x − x₀‖²], slice by slice.
+    """L1-wavelet CS: argmin_x ½‖M(F S x − y)‖² + λ‖w ⊙ Ψ x‖₁ [+ μ/2‖x − x₀‖²], slice by slice.
 
     Args:
         kspace: ``[S, C, H, W]`` complex k-space.
@@ -93,6 +94,10 @@ def l1_wavelet(
             network's reconstruction) the iterations start from (default 0).
         mu: with ``start``, the weight of the proximity term μ/2‖x − x₀‖², relative
             to the scaled data term (‖AᴴA‖ ≈ 1 for unit-RSS maps); 0 adds none.
+        eps: with ``start``, weight each wavelet coefficient's threshold by
+            w_i = ε / (|(Ψ x₀)_i| + ε), x₀ scaled as the data (tissue ≈ 1): what the
+            start image has is shrunk less (:func:`mpcli.recon.wavelet.wavelet_l1`).
+            None: w = 1.
 
     Returns:
         ``[S, H, W]`` complex64 images, on the device of ``kspace``, at the
@@ -111,7 +116,7 @@ def l1_wavelet(
         x0 = None if start is None else to_xp((start[s] / scale).to(torch.complex64), dev_id)  # [H, W]
         x = solve(to_xp(ksp / scale, dev_id), to_xp(maps[s].to(torch.complex64), dev_id),
                   to_xp(mask[s, 0].to(torch.float32), dev_id), lam, iters, seed=s, cycle_spin=cycle_spin,
-                  device_id=dev_id, x0=x0, mu=mu)
+                  device_id=dev_id, x0=x0, mu=mu, eps=eps)
         return from_xp(x, out_device).to(torch.complex64) * scale  # [H, W]
 
     slices = range(kspace.shape[0])
