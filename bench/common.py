@@ -81,11 +81,16 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
 
 HELD_OUT_FAMILIES = ("contrast", "poisson", "acceleration_8", "noise")
 """``bench/quality.py``'s default held-out task families, one task each per seed."""
+EIGHT_FAMILIES = (*HELD_OUT_FAMILIES, "sagittal", "coils_16_20", "matrix", "phantom")
+"""Every held-out family of ``mpcli/data/tasks.py`` that the families × seeds benches run."""
 
 
-def add_task_grid_args(ap: argparse.ArgumentParser, slices: int = 4) -> None:
+def add_task_grid_args(ap: argparse.ArgumentParser, slices: int = 4, families: tuple[str, ...] | None = None
+                       ) -> None:
     """--seeds, --slices, --threads, --device of the benches that draw one task per held-out family and
-    seed (and --seed, hidden: :func:`setup` seeds torch with it)."""
+    seed (and --seed, hidden: :func:`setup` seeds torch with it); --families too, given its default."""
+    if families is not None:
+        ap.add_argument("--families", default=",".join(families), help="comma-separated task families")
     ap.add_argument("--seeds", default="0,1", help="comma-separated task seeds")
     ap.add_argument("--slices", type=int, default=slices, help="test slices per task")
     ap.add_argument("--threads", type=int, default=0)
@@ -105,6 +110,20 @@ def setup(args: argparse.Namespace) -> torch.device:
     torch.manual_seed(args.seed)
     return resolve_device(args.device)
 
+
+
+def prior_task_grid(doc: str, extra=None):
+    """Parse the arguments of a bench that runs the shipped (or ``--prior``) network on the eight held-out
+    families × ``--seeds``; ``extra(ap)`` adds its own. Returns (args, device, model, θ*, SHA-256)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prior", default=str(DEFAULT_PRIOR))
+    if extra is not None:
+        extra(ap)
+    add_task_grid_args(ap, families=EIGHT_FAMILIES)
+    args = ap.parse_args()
+    device = setup(args)
+    model, theta, sha, _ = load_prior(args.prior, device)
+    return args, device, model, theta, sha
 
 
 def machine(device: torch.device) -> str:

@@ -34,15 +34,13 @@ import common as c
 
 from mpcli.physics.coils import _support, centred_acs_width, espirit_volume, select_crop
 
-FAMILIES = (*c.HELD_OUT_FAMILIES, "sagittal", "coils_16_20", "matrix", "phantom")
 CROPS = (0.95, 0.9, 0.8)
 RULES = {"plain": False, "whitened": True}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    c.add_task_grid_args(ap)
+    c.add_task_grid_args(ap, families=c.EIGHT_FAMILIES)
     args = ap.parse_args()
     device = c.setup(args)
     rows, chosen = [], {name: [] for name in (*RULES, "oracle", *(f"crop {cr}" for cr in CROPS))}

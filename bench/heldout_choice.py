@@ -23,7 +23,6 @@ PSNR − chosen PSNR.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,6 @@ from mpcli.physics.coils import spectral_weight
 from mpcli.physics.masks import split_like_acquisition, split_mask
 from mpcli.recon.refine import LAMS, Refinement
 
-FAMILIES = (*c.HELD_OUT_FAMILIES, "sagittal", "coils_16_20", "matrix", "phantom")
 LOSSES = ("plain", "whitened")  # held-out error unweighted, or weighted by 1 / k-space power (spectral_weight)
 SPLITS = {"lines": split_like_acquisition,
           "samples": lambda omega, rho, gen: split_mask(omega, rho, gen, kind="uniform")}
@@ -59,13 +57,7 @@ def candidates() -> list[tuple[str, Callable]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prior", default=str(c.DEFAULT_PRIOR))
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    c.add_task_grid_args(ap)
-    args = ap.parse_args()
-    device = c.setup(args)
-    model, theta, sha, _ = c.load_prior(args.prior, device)
+    args, device, model, theta, sha = c.prior_task_grid(__doc__)
     cands = candidates()
     around = [i for i, (name, _) in enumerate(cands) if not name.startswith("plain")]
     keys = [(s, lname, pool) for s in SPLITS for lname in LOSSES for pool in ("around z", "+ plain CS")]

@@ -15,7 +15,6 @@ PSNR inside the ESPIRiT support as in ``bench/quality.py``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -29,18 +28,10 @@ import common as c
 
 from mpcli.meta.adapt import AdaptConfig, adapt
 
-FAMILIES = (*c.HELD_OUT_FAMILIES, "sagittal", "coils_16_20", "matrix", "phantom")
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prior", default=str(c.DEFAULT_PRIOR))
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--report-above", type=float, default=0.3, help="score the tasks whose prior error is this or more")
-    c.add_task_grid_args(ap)
-    args = ap.parse_args()
-    device = c.setup(args)
-    model, theta, sha, _ = c.load_prior(args.prior, device)
+    args, device, model, theta, sha = c.prior_task_grid(__doc__, lambda ap: ap.add_argument(
+        "--report-above", type=float, default=0.3, help="score the tasks whose prior error is this or more"))
     guarded = AdaptConfig()
     unguarded = dataclasses.replace(guarded, max_prior_error=math.inf, min_calibration=0)  # neither guard
     rows, errors = [], []

@@ -13,7 +13,6 @@ column of seeds 0 and 1 equals ``bench/quality.py``'s ``adapt`` column of the th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -26,8 +25,6 @@ import common as c
 
 from mpcli.meta.adapt import AdaptConfig
 
-FAMILIES = (*c.HELD_OUT_FAMILIES, "sagittal", "coils_16_20", "matrix", "phantom")
-
 
 def refine_cell(refine: dict | None) -> str:
     """λ / μ of a chosen refinement, or why there is none."""
@@ -35,13 +32,7 @@ def refine_cell(refine: dict | None) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prior", default=str(c.DEFAULT_PRIOR))
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    c.add_task_grid_args(ap)
-    args = ap.parse_args()
-    device = c.setup(args)
-    model, theta, sha, _ = c.load_prior(args.prior, device)
+    args, device, model, theta, sha = c.prior_task_grid(__doc__)
     weighted, plain = AdaptConfig(), dataclasses.replace(AdaptConfig(), refine_eps=None)
     rows, gains = [], {}
     for seed in (int(s) for s in args.seeds.split(",")):
