@@ -437,8 +437,9 @@ def adapt_cli(
                                       "chosen from 1/8× to 8× by the held-out k-space)."),
     no_refine: bool = typer.Option(False, "--no-refine",
                                    help="Reconstruct with the network alone (by default CS around the network's "
-                                   "image is tried last, its weights chosen by the held-out k-space, and kept "
-                                   "when it predicts that k-space better)."),
+                                   "image, its L1 term weighted by the image's own wavelets, is tried last, "
+                                   "λ and μ chosen by the held-out k-space, and kept when it predicts that "
+                                   "k-space better)."),
     keep_prior_above: float = typer.Option(1.0, "--keep-prior-above", metavar="ERROR",
                                            help="Keep the prior unadapted when its relative error predicting the "
                                            "held-out k-space is at least ERROR (1: no better than predicting "
