@@ -131,7 +131,7 @@ class AdaptConfig:
     refine_slices: int = 2  # of the ``val_slices`` self-validation slices, how many score the candidates
     refine_min_gain: float = 0.0
     # The refinement's L1 weighted by the network's own wavelet coefficients (mpcli.recon.wavelet.wavelet_l1,
-    # scale ε); None: plain L1-wavelet. Measured in mpcli.recon.refine's docstring
+    # scale ε); None: plain L1-wavelet. +0.40 dB mean over plain L1 on 32 held-out tasks (bench/refine_weights.py)
     refine_eps: float | None = EPS
     # When the prior (μ as it gives it) predicts the held-out k-space no better than zeros would (relative
     # error ≥ this), θ* is returned unchanged: no μ, no step, no refinement (inf: never). Measured

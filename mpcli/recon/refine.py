@@ -27,7 +27,7 @@ Measured on ``bench/quality.py``'s 8 held-out tasks (128², 4 slices each): arou
 36.79 / 38.06 dB mean on seeds 0 / 1 against 34.96 / 36.70 for the adapted
 network alone (``bench/refine_budget.py``); around the unadapted prior on a full
 (λ, μ) grid 37.25 over the eight, against 36.49 for CS with λ chosen the same
-way (``bench/hybrid.py``). The weights (fourteenth session; scratch scripts, the
+way (``bench/hybrid.py``). The weights (fourteenth session, ``bench/refine_weights.py``: the
 eight held-out families × seeds 0–3, 4 slices each, through ``mp adapt``): +0.40 dB
 mean over plain L1 on 32 tasks (23 better, 5 worse, 4 where the prior is kept),
 +0.42 on seeds 2–3 alone, which played no part in choosing ε and the grid; the

@@ -18,7 +18,10 @@ held-out tasks: +0.36 to +2.00 dB (+0.98 mean) over the unshifted solver at the
 best λ of each, in the same time (``bench/cs_shifts.py``).
 
 The iterations may start from an image x₀ and the objective may gain
-μ/2‖x − x₀‖² (a prior image, e.g. a network's reconstruction; ``bench/hybrid.py``).
+μ/2‖x − x₀‖² (a prior image, e.g. a network's reconstruction; ``bench/hybrid.py``),
+and its L1 term may be weighted by x₀'s own wavelet coefficients, λ‖w ⊙ Ψx‖₁ with
+w_i = ε / (|(Ψ R_δ x₀)_i| + ε) at the iteration's shift δ (:func:`wavelet_l1`;
+``bench/refine_weights.py``).
 The shifts come from a generator seeded by the caller, so a reconstruction is
 reproducible. The step is 1/(L + μ) with L the bound of :func:`lipschitz_bound`
 on ‖AᴴA‖ instead of sigpy's 30 power iterations, which cost a quarter of a
