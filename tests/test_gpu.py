@@ -106,7 +106,8 @@ def test_espirit_cuda_equals_cpu_up_to_phase():
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_cycle_spun_cs_on_cupy_equals_cpu():
     """L1-wavelet CS on CuPy (sigpy's GPU path) draws the same seeded shifts and step as on the CPU:
-    the same image up to float32 rounding (1e-3 relative), returned on the GPU."""
+    the same image up to float32 rounding (1e-3 relative), returned on the GPU; so does the weighted L1
+    around a start image."""
     _cupy_or_skip()
     from mpcli.physics.coils import estimate_maps
     from mpcli.recon.classical import l1_wavelet
@@ -118,6 +119,11 @@ def test_cycle_spun_cs_on_cupy_equals_cpu():
     gpu = l1_wavelet(k.cuda(), maps.cuda(), mask.cuda(), lam=3e-3, iters=30)
     assert gpu.is_cuda
     assert float((gpu.cpu() - cpu).norm() / cpu.norm()) < 1e-3
+    # around a start image, its L1 weighted by the start's wavelets (mp adapt's refinement)
+    cpu_w = l1_wavelet(k, maps, mask, lam=1e-2, iters=30, start=cpu, eps=0.05)
+    gpu_w = l1_wavelet(k.cuda(), maps.cuda(), mask.cuda(), lam=1e-2, iters=30, start=cpu.cuda(), eps=0.05)
+    assert gpu_w.is_cuda
+    assert float((gpu_w.cpu() - cpu_w).norm() / cpu_w.norm()) < 1e-3
 
 
 @pytest.mark.gpu
