@@ -580,7 +580,7 @@ def adapt_cli(
                    "distance_to_prior": res.distance,
                    "refine": res.refine,  # CS around the network's image, or None
                    "kept_prior": res.kept_prior,  # why the prior was kept unchanged, or None
-                   "val_loss_refined": min((t["val"] for t in res.refine_search), default=None),
+                   "val_loss_refined": _refined_error(res),
                    "seconds": round(res.seconds, 2),
                    "plot": str(plot) if plot is not None else None,
                    "recon": json.loads(_outcomes_json(outcomes)) if outcomes else []}
@@ -606,6 +606,13 @@ def adapt_cli(
             if o.status == "failed":
                 err.print(f"mp: error: {printable(o.error)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(_batch_exit(outcomes) if outcomes else EXIT_OK)
+
+
+def _refined_error(res) -> float | None:
+    """The unweighted held-out error of what ``mp adapt`` chose at its last step: the refinement, or the
+    network alone when none was kept (comparable with ``val_loss_best``); None when nothing was tried."""
+    chosen = (None, None) if res.refine is None else (res.refine["lam"], res.refine["mu"])
+    return next((t["val_unweighted"] for t in res.refine_search if (t["lam"], t["mu"]) == chosen), None)
 
 
 def _refine_cell(refine: dict | None, off: bool, kept_prior: bool = False) -> str:

@@ -1,6 +1,7 @@
 """CS around the network's image (mpcli.recon.refine): the held-out choice, the solve, and how
 ``mp adapt`` stores it and ``mp reconstruct --method adapted`` applies it."""
 
+import dataclasses
 import json
 import math
 
@@ -12,8 +13,9 @@ import torch
 from mpcli.errors import EXIT_MODEL
 from mpcli.io.readers import read_scans
 from mpcli.io.weights import load_weights, save_weights
-from mpcli.meta.adapt import AdaptConfig, adapt, prior_params, scan_batch
-from mpcli.physics.coils import estimate_maps, rss
+from mpcli.meta.adapt import AdaptConfig, adapt, heldout_loss, holdout, prior_params, scan_batch, take
+from mpcli.meta.losses import acquired_mask, derive_seed
+from mpcli.physics.coils import estimate_maps, rss, spectral_weight
 from mpcli.physics.fft import ifft2c
 from mpcli.recon.network import ARCH_VERSION, build_network
 from mpcli.recon.refine import EPS, LAMS, LAMS_WEIGHTED, MUS, Refinement, choose_refinement
@@ -116,6 +118,31 @@ def test_adapt_scores_the_network_and_each_candidate_on_the_held_out_samples(sca
     assert off.refine is None and off.refine_search == []
 
 
+def test_adapt_scores_the_candidates_by_the_whitened_held_out_error(scan_file):
+    """With ``refine_whiten`` (default) the network's held-out error is ‖w^½(A_Γ z − y_Γ)‖² / ‖w^½ y_Γ‖²,
+    w = 1 / radial k-space power of the scored slices' acquired samples; without it, unweighted. Every
+    candidate also carries its unweighted error."""
+    scan = read_scans(scan_file)[0]
+    batch = scan_batch(scan, estimate_maps(scan.kspace, scan.mask), torch.device("cpu"))
+    model = _noisy_network()
+    config = AdaptConfig(steps=0, mu_factors=(), max_prior_error=math.inf, min_calibration=0)
+    train, val = holdout(batch, config.val_fraction, derive_seed(config.seed, 0, 17))
+    pick = torch.randperm(batch.y.shape[0], generator=torch.Generator().manual_seed(derive_seed(config.seed, 1)))
+    pick = pick[: config.val_slices].sort().values[: config.refine_slices]
+    train, val, scored = take(train, pick), take(val, pick), take(batch, pick)
+    with torch.no_grad():
+        z = model(train.y, train.A)
+    w = spectral_weight(scored.y, acquired_mask(scored.y, scored.A))
+    by_hand = {True: heldout_loss(z, val, w), False: heldout_loss(z, val)}
+    assert by_hand[True] != pytest.approx(by_hand[False], rel=1e-3)
+    for whiten, expected in by_hand.items():
+        res = adapt(model, prior_params(model), [batch], dataclasses.replace(config, refine_whiten=whiten))
+        assert res.refine_search[0]["lam"] is None
+        assert res.refine_search[0]["val"] == pytest.approx(expected, rel=1e-5)
+        assert res.refine_search[0]["val_unweighted"] == pytest.approx(by_hand[False], rel=1e-5)
+        assert all(t["val_unweighted"] == t["val"] for t in res.refine_search) is not whiten
+
+
 def test_adapt_stores_the_choice_and_reconstruct_applies_it(scan_file, prior_file, tmp_path):
     """mp adapt --recon and mp reconstruct --method adapted give the same refined image, closer to the
     fully sampled reference than the network alone (--no-refine), which is stored as no refinement."""
@@ -128,6 +155,9 @@ def test_adapt_stores_the_choice_and_reconstruct_applies_it(scan_file, prior_fil
         assert res.exit_code == 0, res.stderr
         summary, meta = json.loads(res.stdout), load_weights(weights)[1]
         assert summary["refine"] == meta["refine"]
+        chosen = (None, None) if meta["refine"] is None else (meta["refine"]["lam"], meta["refine"]["mu"])
+        refined = [t["val_unweighted"] for t in meta["refine_search"] if (t["lam"], t["mu"]) == chosen]
+        assert summary["val_loss_refined"] == (refined[0] if refined else None)  # comparable with val_loss_best
         with h5py.File(recon / "scan.h5") as f:
             images[name] = f["reconstruction"][()]
         again = mp("reconstruct", scan_file, "--out", tmp_path / f"{name}_again", "--method", "adapted",

@@ -21,9 +21,12 @@ validation loss (:func:`search_mu`: μ·k for k on a log grid, the prior's other
 weights fixed), and the steps start from, and are drawn towards, that θ*_k.
 
 Last, CS around the adapted network's image (:mod:`mpcli.recon.refine`) is
-scored on the same split, its (λ, μ) chosen by L_val; the choice, or none when
-the network alone predicts Γ as well, is part of the result and of the
-adapted weights file, and ``mp reconstruct --method adapted`` applies it.
+scored on the same split, its (λ, μ) chosen by L_val with every held-out sample
+weighted by 1 / (k-space power at its radius) (``refine_whiten``), so that the
+outer k-space, where the candidates differ, counts as much as the centre; the
+choice, or none when the network alone predicts Γ as well, is part of the
+result and of the adapted weights file, and ``mp reconstruct --method adapted``
+applies it.
 
 Where L_val cannot judge a scan, θ* comes back unchanged, with the reason: when a scan's coil maps
 come from fewer than ``min_calibration`` calibration lines, or when the prior predicts Γ no better
@@ -55,7 +58,7 @@ from mpcli.meta.functional import (
 from mpcli.meta.inner import init_opt_state, inner_step
 from mpcli.meta.losses import acquired_mask, derive_seed, make_loss, reseed
 from mpcli.meta.lowrank import LowRankDelta
-from mpcli.physics.coils import centred_acs_width
+from mpcli.physics.coils import centred_acs_width, spectral_weight
 from mpcli.physics.masks import split_like_acquisition
 from mpcli.physics.sense import Sense, sense
 from mpcli.recon.network import MU_PARAMS
@@ -133,6 +136,13 @@ class AdaptConfig:
     # The refinement's L1 weighted by the network's own wavelet coefficients (mpcli.recon.wavelet.wavelet_l1,
     # scale ε); None: plain L1-wavelet. +0.40 dB mean over plain L1 on 32 held-out tasks (bench/refine_weights.py)
     refine_eps: float | None = EPS
+    # The refinement's candidates scored by the held-out error weighted by 1 / (k-space power at each
+    # sample's radius) (mpcli.physics.coils.spectral_weight, from the scored slices' acquired k-space), as the
+    # coil-map support is chosen; False: unweighted, as the μ search and the steps are. Regret of the choice
+    # among the weighted-L1 candidates 0.42 dB against 0.57 unweighted on 32 held-out tasks
+    # (bench/heldout_choice.py); through mp adapt +0.13 dB mean on the same 32, 6 better, 5 worse
+    # (bench/refine_weights.py --against unwhitened)
+    refine_whiten: bool = True
     # When the prior (μ as it gives it) predicts the held-out k-space no better than zeros would (relative
     # error ≥ this), θ* is returned unchanged: no μ, no step, no refinement (inf: never). Measured
     # (bench/heldout_guard.py, bench/README.md "A prior the held-out lines cannot judge"): 3 of 80
@@ -321,7 +331,9 @@ class AdaptResult:
     mu_scale: float = 1.0  # the factor of μ chosen by search_mu
     mu_search: list[dict] = field(default_factory=list)  # {"factor", "val"} of every factor tried
     refine: dict | None = None  # the chosen Refinement as a dict, None: the network alone
-    refine_search: list[dict] = field(default_factory=list)  # {"lam", "mu", "val"} of every candidate
+    # {"lam", "mu", "val", "val_unweighted"} of every candidate: "val" chose it (whitened with
+    # ``refine_whiten``), "val_unweighted" is comparable with the curve's
+    refine_search: list[dict] = field(default_factory=list)
     kept_prior: str | None = None  # why θ* was returned without looking further (min_calibration,
     # max_prior_error), else None
     val_prior: float = math.nan  # the prior's own self-validation loss (μ as it gives it)
@@ -409,9 +421,13 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
     if config.refine:
         held = [(take(t, i[: config.refine_slices]), take(g, i[: config.refine_slices]))
                 for (t, g), i in zip(splits, val_idx)]
-        refine, refine_tried = choose_refinement(
-            partial(_refined_heldout, [_network_image(network, best_phi, t) for t, _ in held], held),
-            config.refine_iters, min_gain=config.refine_min_gain, eps=config.refine_eps)
+        scored = [take(b, i[: config.refine_slices]) for b, i in zip(batches, val_idx)]
+        weights = [spectral_weight(b.y, acquired_mask(b.y, b.A)) if config.refine_whiten else None for b in scored]
+        heldout = _RefinedHeldout([_network_image(network, best_phi, t) for t, _ in held], held, weights)
+        refine, refine_tried = choose_refinement(heldout, config.refine_iters, min_gain=config.refine_min_gain,
+                                                 eps=config.refine_eps)
+        for t in refine_tried:
+            t["val_unweighted"] = heldout.unweighted[(t["lam"], t["mu"])]
     return AdaptResult(best_phi, curve, stopper.best_step, stopped, time.perf_counter() - t0, distance,
                        asdict(config), mu_scale, mu_tried, refine and refine.as_dict(), refine_tried,
                        val_prior=prior_val)
@@ -423,12 +439,22 @@ def _network_image(model: nn.Module, phi: Params, batch: SiteBatch) -> torch.Ten
         return bind(model, phi)(batch.y, batch.A)
 
 
-def _refined_heldout(images: list[torch.Tensor], held: list[tuple[SiteBatch, SiteBatch]],
-                     refine: Refinement | None) -> float:
-    """Mean over scans of the held-out loss of the network's images from T, refined by ``refine``
-    (None: as they are)."""
-    return sum(heldout_loss(z if refine is None else refine.apply(t.y, t.A, z), g)
-               for z, (t, g) in zip(images, held)) / len(held)
+class _RefinedHeldout:
+    """The refinement's held-out loss: the mean over scans of the held-out error of the network's images
+    from T, refined (or not), each scan's error weighted by its ``weights`` entry (None: unweighted);
+    ``unweighted[(λ, μ)]`` keeps every candidate's unweighted error too ((None, None): the network's)."""
+
+    def __init__(self, images: list[torch.Tensor], held: list[tuple[SiteBatch, SiteBatch]],
+                 weights: list[torch.Tensor | None]):
+        self.images, self.held, self.weights = images, held, weights
+        self.unweighted: dict[tuple, float] = {}
+
+    def __call__(self, refine: Refinement | None) -> float:
+        xs = [z if refine is None else refine.apply(t.y, t.A, z) for z, (t, _) in zip(self.images, self.held)]
+        n = len(self.held)
+        key = (None, None) if refine is None else (refine.lam, refine.mu)
+        self.unweighted[key] = sum(heldout_loss(x, g) for x, (_, g) in zip(xs, self.held)) / n
+        return sum(heldout_loss(x, g, w) for x, (_, g), w in zip(xs, self.held, self.weights)) / n
 
 
 def prior_params(model: nn.Module) -> Params:

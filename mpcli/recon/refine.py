@@ -17,7 +17,8 @@ it is CS early-stopped from the network's image.
 (λ, μ) are chosen without ground truth, as ``mp adapt`` chooses MoDL's μ
 (:func:`mpcli.meta.adapt.search_mu`): on a split Ω = T ⊔ Γ of the acquired
 samples, z and x̂ are computed from T alone and scored by the held-out loss
-‖A_Γ x̂ − y_Γ‖² / ‖y_Γ‖² (:func:`choose_refinement`): λ over a log grid at
+‖A_Γ x̂ − y_Γ‖² / ‖y_Γ‖², in ``mp adapt`` each sample weighted by 1 / (k-space
+power at its radius) (``AdaptConfig.refine_whiten``) (:func:`choose_refinement`): λ over a log grid at
 μ = 0, then μ over its grid at that λ. The network's image alone is a
 candidate too; refinement is kept only when it lowers the held-out loss by
 the fraction ``min_gain``.
