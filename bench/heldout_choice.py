@@ -14,9 +14,10 @@ adapt``'s search tried first until the fourteenth session), the same with the L1
 wavelets (ε = ``EPS``, λ on ``LAMS_WEIGHTED``: what it tries first now) and plain CS from zero (100
 iterations, λ on ``LAMS``: ``--method cs``). The choice is made among z and the plain candidates
 around it (``around z``), among z and the weighted ones (``weighted``), and among z, the plain ones
-and plain CS (``+ plain CS``), by the held-out error as ``mp adapt`` computes it (``plain``) and
-weighted by 1 / (k-space power at each sample's radius) (``whitened``,
-:func:`mpcli.physics.coils.spectral_weight`). PSNR on the task's test slices inside the ESPIRiT
+and plain CS (``+ plain CS``), by the held-out error unweighted (``plain``: ``mp adapt``'s μ search
+and steps, and its refinement's choice until the fourteenth session) and weighted by 1 / (k-space
+power at each sample's radius) (``whitened``, :func:`mpcli.physics.coils.spectral_weight`: ``mp
+adapt``'s refinement choice since the fifteenth session). PSNR on the task's test slices inside the ESPIRiT
 support as in ``bench/quality.py``; Γ is 10 % of the acquisition on 2 of them. Regret = best
 PSNR − chosen PSNR.
 
