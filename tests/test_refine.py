@@ -118,29 +118,43 @@ def test_adapt_scores_the_network_and_each_candidate_on_the_held_out_samples(sca
     assert off.refine is None and off.refine_search == []
 
 
-def test_adapt_scores_the_candidates_by_the_whitened_held_out_error(scan_file):
+@pytest.mark.parametrize("slices", [3, 1])
+def test_adapt_scores_the_candidates_by_the_whitened_held_out_error(scan_file, slices):
     """With ``refine_whiten`` (default) the network's held-out error is ‖w^½(A_Γ z − y_Γ)‖² / ‖w^½ y_Γ‖²,
-    w = 1 / radial k-space power of the scored slices' acquired samples; without it, unweighted. Every
-    candidate also carries its unweighted error."""
+    w = 1 / radial k-space power of the scored slices' acquired samples; without it, unweighted. A scan
+    of one slice (fewer than ``refine_slices``) is scored on a second draw of Γ too, the errors averaged.
+    Every candidate also carries its unweighted error."""
     scan = read_scans(scan_file)[0]
-    batch = scan_batch(scan, estimate_maps(scan.kspace, scan.mask), torch.device("cpu"))
+    batch = take(scan_batch(scan, estimate_maps(scan.kspace, scan.mask), torch.device("cpu")), torch.arange(slices))
     model = _noisy_network()
     config = AdaptConfig(steps=0, mu_factors=(), max_prior_error=math.inf, min_calibration=0)
     train, val = holdout(batch, config.val_fraction, derive_seed(config.seed, 0, 17))
-    pick = torch.randperm(batch.y.shape[0], generator=torch.Generator().manual_seed(derive_seed(config.seed, 1)))
+    pick = torch.randperm(slices, generator=torch.Generator().manual_seed(derive_seed(config.seed, 1)))
     pick = pick[: config.val_slices].sort().values[: config.refine_slices]
-    train, val, scored = take(train, pick), take(val, pick), take(batch, pick)
-    with torch.no_grad():
-        z = model(train.y, train.A)
+    scored = take(batch, pick)
+    held = [(take(train, pick), take(val, pick))]  # the split the steps use
+    if slices < config.refine_slices:
+        held.append(holdout(scored, config.val_fraction, derive_seed(config.seed, 0, 31, 1)))
     w = spectral_weight(scored.y, acquired_mask(scored.y, scored.A))
-    by_hand = {True: heldout_loss(z, val, w), False: heldout_loss(z, val)}
+    with torch.no_grad():
+        zs = [model(t.y, t.A) for t, _ in held]
+    by_hand = {True: np.mean([heldout_loss(z, g, w) for z, (_, g) in zip(zs, held)]),
+               False: np.mean([heldout_loss(z, g) for z, (_, g) in zip(zs, held)])}
     assert by_hand[True] != pytest.approx(by_hand[False], rel=1e-3)
+    if slices == 1:  # the second draw counts: the first alone scores differently
+        assert by_hand[False] != pytest.approx(heldout_loss(zs[0], held[0][1]), rel=1e-3)
     for whiten, expected in by_hand.items():
         res = adapt(model, prior_params(model), [batch], dataclasses.replace(config, refine_whiten=whiten))
         assert res.refine_search[0]["lam"] is None
         assert res.refine_search[0]["val"] == pytest.approx(expected, rel=1e-5)
         assert res.refine_search[0]["val_unweighted"] == pytest.approx(by_hand[False], rel=1e-5)
         assert all(t["val_unweighted"] == t["val"] for t in res.refine_search) is not whiten
+
+
+@pytest.mark.parametrize("field", ["refine_iters", "refine_slices"])
+def test_the_refinement_budget_must_be_positive(field):
+    with pytest.raises(ValueError, match=field):
+        AdaptConfig(**{field: 0})
 
 
 def test_adapt_stores_the_choice_and_reconstruct_applies_it(scan_file, prior_file, tmp_path):

@@ -21,9 +21,10 @@ validation loss (:func:`search_mu`: μ·k for k on a log grid, the prior's other
 weights fixed), and the steps start from, and are drawn towards, that θ*_k.
 
 Last, CS around the adapted network's image (:mod:`mpcli.recon.refine`) is
-scored on the same split, its (λ, μ) chosen by L_val with every held-out sample
-weighted by 1 / (k-space power at its radius) (``refine_whiten``), so that the
-outer k-space, where the candidates differ, counts as much as the centre; the
+scored on the same split (on a scan of one slice, on a second draw of Γ too), its (λ, μ)
+chosen by L_val with every held-out sample weighted by 1 / (k-space power at its
+radius) (``refine_whiten``), so that the outer k-space, where the candidates
+differ, counts as much as the centre; the
 choice, or none when the network alone predicts Γ as well, is part of the
 result and of the adapted weights file, and ``mp reconstruct --method adapted``
 applies it.
@@ -131,7 +132,13 @@ class AdaptConfig:
     # seeds 0 / 1, 60 on 4 slices 36.55 / 38.01, 30 on 4 36.34 / 37.97; 45 on 2 halves the search's time
     refine: bool = True
     refine_iters: int = 45
-    refine_slices: int = 2  # of the ``val_slices`` self-validation slices, how many score the candidates
+    # Of the ``val_slices`` self-validation slices, how many score the candidates. A scan with fewer slices is
+    # scored on more draws of Γ, as many as make up the count: one slice, two draws. Measured on the real
+    # single-slice MPRAGE at R 4/6/8 × 3 masks (scratch): +0.14 dB over one draw, bench/real_data.py's 6×
+    # 29.01 → 30.16 (its one draw held out three calibration lines and the edge line); on 32 simulated
+    # tasks two draws of 2 slices were level with one (bench/refine_weights.py --against one-split, −0.00
+    # dB) and cost 13 s more on bench/speed.py's volume, so scans with enough slices keep one draw
+    refine_slices: int = 2
     refine_min_gain: float = 0.0
     # The refinement's L1 weighted by the network's own wavelet coefficients (mpcli.recon.wavelet.wavelet_l1,
     # scale ε); None: plain L1-wavelet. +0.40 dB mean over plain L1 on 32 held-out tasks (bench/refine_weights.py)
@@ -422,6 +429,11 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
         held = [(take(t, i[: config.refine_slices]), take(g, i[: config.refine_slices]))
                 for (t, g), i in zip(splits, val_idx)]
         scored = [take(b, i[: config.refine_slices]) for b, i in zip(batches, val_idx)]
+        # a scan with fewer slices than refine_slices is scored on as many more draws of Γ as make up the count
+        draws = [math.ceil(config.refine_slices / b.y.shape[0]) for b in scored]
+        held += [holdout(b, config.val_fraction, derive_seed(config.seed, j, 31, k))
+                 for j, (b, n) in enumerate(zip(scored, draws)) for k in range(1, n)]
+        scored += [b for b, n in zip(scored, draws) for _ in range(1, n)]
         weights = [spectral_weight(b.y, acquired_mask(b.y, b.A)) if config.refine_whiten else None for b in scored]
         heldout = _RefinedHeldout([_network_image(network, best_phi, t) for t, _ in held], held, weights)
         refine, refine_tried = choose_refinement(heldout, config.refine_iters, min_gain=config.refine_min_gain,
