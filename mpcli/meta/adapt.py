@@ -136,8 +136,9 @@ class AdaptConfig:
     # scored on more draws of Γ, as many as make up the count: one slice, two draws. Measured on the real
     # single-slice MPRAGE at R 4/6/8 × 3 masks (scratch): +0.14 dB over one draw, bench/real_data.py's 6×
     # 29.01 → 30.16 (its one draw held out three calibration lines and the edge line); on 32 simulated
-    # tasks two draws of 2 slices were level with one (bench/refine_weights.py --against one-split, −0.00
-    # dB) and cost 13 s more on bench/speed.py's volume, so scans with enough slices keep one draw
+    # tasks two draws of 2 slices for every scan were level with one (−0.00 dB) and cost 13 s more on
+    # bench/speed.py's volume (bench/README.md, "The refinement chosen by whitened held-out error"), so
+    # scans with enough slices keep one draw
     refine_slices: int = 2
     refine_min_gain: float = 0.0
     # The refinement's L1 weighted by the network's own wavelet coefficients (mpcli.recon.wavelet.wavelet_l1,
@@ -452,8 +453,9 @@ def _network_image(model: nn.Module, phi: Params, batch: SiteBatch) -> torch.Ten
 
 
 class _RefinedHeldout:
-    """The refinement's held-out loss: the mean over scans of the held-out error of the network's images
-    from T, refined (or not), each scan's error weighted by its ``weights`` entry (None: unweighted);
+    """The refinement's held-out loss: the mean over ``held``'s (T, Γ) pairs (scans, and extra draws of a
+    short scan) of the held-out error of the network's images from T, refined (or not), each pair's error
+    weighted by its ``weights`` entry (None: unweighted);
     ``unweighted[(λ, μ)]`` keeps every candidate's unweighted error too ((None, None): the network's)."""
 
     def __init__(self, images: list[torch.Tensor], held: list[tuple[SiteBatch, SiteBatch]],
