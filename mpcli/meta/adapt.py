@@ -432,10 +432,10 @@ def adapt(model: nn.Module, theta: Params, batches: list[SiteBatch], config: Ada
         scored = [take(b, i[: config.refine_slices]) for b, i in zip(batches, val_idx)]
         # a scan with fewer slices than refine_slices is scored on as many more draws of Γ as make up the count
         draws = [math.ceil(config.refine_slices / b.y.shape[0]) for b in scored]
+        weights = [spectral_weight(b.y, acquired_mask(b.y, b.A)) if config.refine_whiten else None for b in scored]
         held += [holdout(b, config.val_fraction, derive_seed(config.seed, j, 31, k))
                  for j, (b, n) in enumerate(zip(scored, draws)) for k in range(1, n)]
-        scored += [b for b, n in zip(scored, draws) for _ in range(1, n)]
-        weights = [spectral_weight(b.y, acquired_mask(b.y, b.A)) if config.refine_whiten else None for b in scored]
+        weights += [w for w, n in zip(weights, draws) for _ in range(1, n)]  # a scan's weight serves its draws
         heldout = _RefinedHeldout([_network_image(network, best_phi, t) for t, _ in held], held, weights)
         refine, refine_tried = choose_refinement(heldout, config.refine_iters, min_gain=config.refine_min_gain,
                                                  eps=config.refine_eps)
