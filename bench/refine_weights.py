@@ -11,10 +11,13 @@ and scores both inside the ESPIRiT support as ``bench/quality.py`` does:
   session's run, before ``refine_whiten``, its column of seeds 0 and 1 equals ``bench/quality.py``'s
   ``adapt`` column of the thirteenth session);
 - ``unwhitened``: the candidates scored by the unweighted held-out error (``refine_whiten=False``: the
-  choice before the fifteenth session).
+  choice before the fifteenth session);
+- ``grid``: λ on its grid alone, without the midpoints tried around the best (``refine_midpoints=False``:
+  the search before the sixteenth session).
 
     python bench/refine_weights.py --threads 2 --seeds 0,1,2,3     # 8 families × 4 seeds, ~25 min
     python bench/refine_weights.py --threads 2 --seeds 0,1,2,3 --against unwhitened
+    python bench/refine_weights.py --threads 2 --seeds 0,1,2,3 --against grid
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import common as c
 
 from mpcli.meta.adapt import AdaptConfig
 
-AGAINST = {"plain-l1": {"refine_eps": None}, "unwhitened": {"refine_whiten": False}}
+AGAINST = {"plain-l1": {"refine_eps": None}, "unwhitened": {"refine_whiten": False},
+           "grid": {"refine_midpoints": False}}
 
 
 def refine_cell(refine: dict | None) -> str:

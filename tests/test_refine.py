@@ -57,16 +57,36 @@ def test_choice_is_lambda_at_mu_zero_then_mu_and_the_network_wins_without_gain()
     def loss(r):
         return 1.0 if r is None else abs(np.log10(r.lam) + 3) + abs(r.mu - 0.03) + 0.5
 
-    choice, tried = choose_refinement(loss, iters=17)
+    choice, tried = choose_refinement(loss, iters=17, midpoints=False)
     assert choice == Refinement(1e-3, 0.03, 17, EPS)
     assert [(t["lam"], t["mu"]) for t in tried] == [(None, None), *((lam, 0.0) for lam in LAMS_WEIGHTED),
                                                     *((1e-3, mu) for mu in MUS)]
-    plain, tried = choose_refinement(loss, iters=17, eps=None)
+    plain, tried = choose_refinement(loss, iters=17, eps=None, midpoints=False)
     assert plain == Refinement(1e-3, 0.03, 17) and plain.eps is None
     assert [t["lam"] for t in tried[1:1 + len(LAMS)]] == list(LAMS)
     assert tried[0]["val"] == 1.0 and min(t["val"] for t in tried) == pytest.approx(0.5)
     assert choose_refinement(loss, min_gain=0.6)[0] is None  # 0.5 is not 60 % below 1.0
     assert choose_refinement(lambda r: 1.0 if r is None else 2.0)[0] is None
+
+
+@pytest.mark.parametrize("optimum, chosen", [(1e-3, 1e-3), (1.5e-3, math.sqrt(3e-6)), (6e-4, math.sqrt(3e-7)),
+                                             (5e-2, math.sqrt(9e-4)), (1e-4, math.sqrt(9e-8))])
+def test_midpoints_between_the_best_lambda_and_its_neighbours_are_tried_before_mu(optimum, chosen):
+    """After the grid, √(λ_best λ_n) for each grid neighbour λ_n (one at the grid's edge), then μ at the
+    better of the three; a loss whose optimum lies between grid steps is chosen there."""
+    def loss(r):
+        return 1.0 if r is None else abs(np.log10(r.lam / optimum)) + abs(r.mu - 0.03) + 0.1
+
+    choice, tried = choose_refinement(loss, iters=17)
+    grid = list(LAMS_WEIGHTED)
+    best = min(grid, key=lambda lam: abs(np.log10(lam / optimum)))
+    i = grid.index(best)
+    between = [math.sqrt(best * grid[j]) for j in (i - 1, i + 1) if 0 <= j < len(grid)]
+    assert len(between) == (1 if best in (grid[0], grid[-1]) else 2)
+    assert [(t["lam"], t["mu"]) for t in tried] == [(None, None), *((lam, 0.0) for lam in grid),
+                                                    *((lam, 0.0) for lam in between),
+                                                    *((choice.lam, mu) for mu in MUS)]
+    assert choice.lam == pytest.approx(chosen) and choice.mu == 0.03
 
 
 @pytest.mark.parametrize("bad", [None, {"lam": 1e-3, "mu": 0.0}, {"lam": -1.0, "mu": 0.0, "iters": 60},
@@ -109,7 +129,10 @@ def test_adapt_scores_the_network_and_each_candidate_on_the_held_out_samples(sca
     batch = scan_batch(scan, estimate_maps(scan.kspace, scan.mask), torch.device("cpu"))
     model = _noisy_network()
     res = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, max_prior_error=math.inf, min_calibration=0))
-    assert res.refine_search[0]["lam"] is None and len(res.refine_search) == 1 + len(LAMS_WEIGHTED) + len(MUS)
+    grid = res.refine_search[1:1 + len(LAMS_WEIGHTED)]
+    assert res.refine_search[0]["lam"] is None and [t["lam"] for t in grid] == list(LAMS_WEIGHTED)
+    midpoints = res.refine_search[1 + len(grid):-len(MUS)]  # one at the grid's edge, two inside it
+    assert len(midpoints) in (1, 2) and all(t["mu"] == 0.0 for t in midpoints)
     best = min(res.refine_search, key=lambda t: t["val"])
     assert res.refine == {"lam": best["lam"], "mu": best["mu"], "iters": AdaptConfig().refine_iters, "eps": EPS}
     assert best["lam"] is not None
