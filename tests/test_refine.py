@@ -69,8 +69,8 @@ def test_choice_is_lambda_at_mu_zero_then_mu_and_the_network_wins_without_gain()
     assert choose_refinement(lambda r: 1.0 if r is None else 2.0)[0] is None
 
 
-@pytest.mark.parametrize("optimum, chosen", [(1e-3, 1e-3), (1.5e-3, math.sqrt(3e-6)), (6e-4, math.sqrt(3e-7)),
-                                             (5e-2, math.sqrt(9e-4)), (1e-4, math.sqrt(9e-8))])
+@pytest.mark.parametrize("optimum, chosen", [(1e-3, 1e-3), (1.5e-3, math.sqrt(1e-3 * 3e-3)),
+                                             (6e-4, math.sqrt(3e-4 * 1e-3)), (5e-2, 3e-2), (1e-4, 3e-4)])
 def test_midpoints_between_the_best_lambda_and_its_neighbours_are_tried_before_mu(optimum, chosen):
     """After the grid, √(λ_best λ_n) for each grid neighbour λ_n (one at the grid's edge), then μ at the
     better of the three; a loss whose optimum lies between grid steps is chosen there."""
