@@ -141,7 +141,7 @@ class AdaptConfig:
     # scans with enough slices keep one draw
     refine_slices: int = 2
     refine_min_gain: float = 0.0
-    # The refinement's L1 weighted by the network's own wavelet coefficients (mpcli.recon.wavelet.wavelet_l1,
+    # The refinement's L1 weighted by the network's own wavelet coefficients (mpcli.recon.wavelet.WaveletL1,
     # scale ε); None: plain L1-wavelet. +0.40 dB mean over plain L1 on 32 held-out tasks (bench/refine_weights.py)
     refine_eps: float | None = EPS
     # The refinement's candidates scored by the held-out error weighted by 1 / (k-space power at each

@@ -5,11 +5,11 @@
 - CG-SENSE (Pruessmann 2001): solve (AᴴA + μI) x = Aᴴy by conjugate gradients
   (Tikhonov μ ≥ 0), batched over slices, pure torch, on any device.
 - L1-wavelet CS (Lustig 2007): argmin_x ½‖A x − y‖² + λ‖Ψ x‖₁ (Ψ a Daubechies-4
-  wavelet), solved by FISTA on sigpy's operators with cycle spinning (a random
-  shift of the wavelet grid every iteration, as BART's ``pics``; see
-  :mod:`mpcli.recon.wavelet`), slice by slice, on CuPy when the data are on a
-  CUDA GPU and CuPy is installed, else on the CPU, where as many slices run at
-  once as torch has threads (the result does not depend on how many).
+  wavelet), solved by FISTA with cycle spinning (a random shift of the wavelet
+  grid every iteration, as BART's ``pics``; see :mod:`mpcli.recon.wavelet`),
+  slice by slice, its FFTs on CuPy when the data are on a CUDA GPU and CuPy is
+  installed, else on the CPU, where as many slices run at once as torch has
+  threads (the result does not depend on how many).
 
 Scale for CS: λ only means the same thing across scans if the data have the
 same scale. Each slice is divided by ``s`` = the 99th percentile of its
@@ -96,14 +96,14 @@ def l1_wavelet(
             to the scaled data term (‖AᴴA‖ ≈ 1 for unit-RSS maps); 0 adds none.
         eps: with ``start``, weight each wavelet coefficient's threshold by
             w_i = ε / (|(Ψ x₀)_i| + ε), x₀ scaled as the data (tissue ≈ 1): what the
-            start image has is shrunk less (:func:`mpcli.recon.wavelet.wavelet_l1`).
+            start image has is shrunk less (:class:`mpcli.recon.wavelet.WaveletL1`).
             None: w = 1.
 
     Returns:
         ``[S, H, W]`` complex64 images, on the device of ``kspace``, at the
         scale of the data.
     """
-    from mpcli.recon.wavelet import compile_kernels, solve  # lazy: imports sigpy
+    from mpcli.recon.wavelet import solve  # lazy: imports PyWavelets
 
     out_device = kspace.device
     dev_id = sigpy_device_id(torch.device(device) if device is not None else out_device)
@@ -124,7 +124,6 @@ def l1_wavelet(
     if workers <= 1:
         return torch.stack([one(s) for s in slices])  # [S, H, W]
     # NumPy's FFTs and PyWavelets run single-threaded and release the GIL: one slice per CPU thread
-    compile_kernels()
     with ThreadPoolExecutor(workers) as pool:
         return torch.stack(list(pool.map(one, slices)))  # [S, H, W]
 

@@ -52,7 +52,7 @@ from mpcli.physics.sense import Sense
 LAMS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 """λ tried (at μ = 0) for plain L1: the grid every tuned-CS bench uses, where held-out k-space chose all but 3e-2."""
 EPS = 0.05
-"""ε of the weighted L1 (:func:`mpcli.recon.wavelet.wavelet_l1`), in units of the tissue's intensity."""
+"""ε of the weighted L1 (:class:`mpcli.recon.wavelet.WaveletL1`), in units of the tissue's intensity."""
 LAMS_WEIGHTED = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 """λ tried (at μ = 0) for the weighted L1: thresholds are λ·w ≤ λ, so its grid sits one step higher."""
 MUS = (0.01, 0.03, 0.1)
