@@ -105,7 +105,7 @@ def test_espirit_cuda_equals_cpu_up_to_phase():
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_cycle_spun_cs_on_cupy_equals_cpu():
-    """L1-wavelet CS on CuPy (sigpy's GPU path) draws the same seeded shifts and step as on the CPU:
+    """L1-wavelet CS with CuPy FFTs (wavelets on the host) draws the same seeded shifts and step as on the CPU:
     the same image up to float32 rounding (1e-3 relative), returned on the GPU; so does the weighted L1
     around a start image."""
     _cupy_or_skip()
