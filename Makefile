@@ -63,6 +63,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/classical.py
 	$(BIN)/python bench/cs_shifts.py
+	$(BIN)/python bench/cs_solver.py
 	$(BIN)/python bench/coil_maps.py
 	$(BIN)/python bench/coil_acs.py
 	$(BIN)/python bench/crop_choice.py --seeds 0,1,2,3

@@ -66,6 +66,7 @@ def _module(a):
 
 
 def _host(a) -> np.ndarray:
+    """A NumPy array as it is, a CuPy array copied to the host."""
     return a if isinstance(a, np.ndarray) else a.get()
 
 
