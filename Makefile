@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cs_solver.py
 	$(BIN)/python bench/coil_maps.py
 	$(BIN)/python bench/coil_acs.py
+	$(BIN)/python bench/coil_compression.py --seeds 0,1,2,3
 	$(BIN)/python bench/crop_choice.py --seeds 0,1,2,3
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/meta_vs_scratch.py
