@@ -13,8 +13,9 @@ estimates V maps from the compressed data. This bench compresses held-out tasks 
 each of ``--virtual`` coils and runs, on the same volume, ESPIRiT, tuned CS (λ chosen on the
 truth, as ``bench/quality.py``'s ``cs*``) and ``mp adapt`` with its defaults; PSNR inside the
 ESPIRiT support (of the compressed data's maps: what a user of it would get) against the same
-reference. Not in ``mp`` yet: the μ of the shipped network depends on the coil count
-(``acquisition_features``), so an adapted weights file would have to record the compression.
+reference. In ``mp`` as ``--virtual-coils N`` (off by default; :func:`mpcli.physics.coils.compress_coils`):
+the μ of the shipped network depends on the coil count (``acquisition_features``), so ``mp adapt``
+records N in the weights file and ``mp reconstruct --method adapted`` repeats it.
 
     python bench/coil_compression.py --threads 2 --seeds 0,1,2,3            # ~15 min on 2 idle cores
 """
@@ -28,27 +29,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c
 
 from mpcli.meta.adapt import AdaptConfig
-
-
-def compress_coils(kspace: torch.Tensor, virtual: int) -> tuple[torch.Tensor, list[float]]:
-    """``[S, C, H, W]`` → ``([S, V, H, W]``, energy kept per slice``)``; unchanged when V ≥ C."""
-    if virtual >= kspace.shape[1]:
-        return kspace, [1.0] * kspace.shape[0]
-    slices, kept = [], []
-    for k in kspace:  # [C, H, W]
-        samples = k.reshape(k.shape[0], -1)
-        samples = samples[:, samples.abs().sum(0) > 0]  # [C, N] the acquired locations
-        u, s, _ = torch.linalg.svd(samples, full_matrices=False)
-        slices.append(torch.einsum("cv,chw->vhw", u[:, :virtual].conj(), k))
-        kept.append(float((s[:virtual] ** 2).sum() / (s**2).sum()))
-    return torch.stack(slices), kept
+from mpcli.physics.coils import compress_coils
 
 
 def main() -> None:

@@ -185,6 +185,10 @@ _DEVICE = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N
 _CS_LAM = typer.Option(1e-3, metavar="NUMBER",
                        help="L1-wavelet weight for --method cs (on scale-normalised data).")
 _BATCH = typer.Option(4, min=1, metavar="SLICES", help="Slices per network batch (halved on GPU out-of-memory).")
+_VIRTUAL_COILS_HELP = ("Compress each slice's coils to N virtual coils first (SVD of the acquired k-space; "
+                       "faster with many coils); 0: off.")
+_VIRTUAL_COILS = typer.Option(None, "--virtual-coils", min=0, metavar="N",
+                              help=_VIRTUAL_COILS_HELP + " Default: what mp adapt used for --model, else 0.")
 _ANONYMIZE = typer.Option(False, "--anonymize", help="Blank patient and study identifiers in DICOM.")
 _CALLING_AET = typer.Option("MP", "--calling-aet", metavar="AET", help="Our AE title when sending (--send).")
 
@@ -200,6 +204,7 @@ def reconstruct_cli(
     device: str = _DEVICE,
     cs_lam: float = _CS_LAM,
     batch: int = _BATCH,
+    virtual_coils: int | None = _VIRTUAL_COILS,
     resume: bool = typer.Option(False, "--resume", help="Skip inputs whose outputs and manifest already match."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist."),
     shard: str | None = typer.Option(None, metavar="I/N",
@@ -242,7 +247,8 @@ def reconstruct_cli(
             raise InputError(None, "no k-space files (.h5, .hdf5, .mrd) found in the given folders")
         stems = output_stems(files)
         files = select_shard(files, parse_shard(shard))
-        process, options, model_sha = _recon_job(method, model, device, fmts, cs_lam, batch, anonymize, out_dir)
+        process, options, model_sha = _recon_job(method, model, device, fmts, cs_lam, batch, anonymize, out_dir,
+                                                     virtual_coils)
 
         with _progress() as progress:
             task = progress.add_task(f"reconstruct ({method})", total=len(files))
@@ -282,16 +288,16 @@ def _pacs_sender(send: str | None, calling_aet: str, formats: tuple[str, ...], o
 
 
 def _recon_job(method: str, model: Path | None, device: str, formats: tuple[str, ...], cs_lam: float,
-               batch: int, anonymize: bool, out_dir: Path):
+               batch: int, anonymize: bool, out_dir: Path, virtual_coils: int | None = None):
     """``(process, options, model_sha256)`` for :func:`mpcli.batch.run_batch`: reconstruct
-    one scan with ``method`` and write it into ``out_dir``."""
+    one scan with ``method`` and write it into ``out_dir``; ``virtual_coils`` None: the model's."""
     from mpcli.device import resolve_device
     from mpcli.reconstruct import ReconOptions, reconstruct_scan, write_outputs
 
     dev = resolve_device(device)
-    net, model_sha, refine = _load_network(method, model, dev)
+    net, model_sha, refine, model_coils = _load_network(method, model, dev)
     options = ReconOptions(method=method, formats=formats, cs_lam=cs_lam, batch=batch, anonymize=anonymize,
-                           refine=refine)
+                           refine=refine, virtual_coils=model_coils if virtual_coils is None else virtual_coils)
 
     def process(scan, stem):
         recon = reconstruct_scan(scan, options, dev, model=net, model_sha256=model_sha)
@@ -301,11 +307,13 @@ def _recon_job(method: str, model: Path | None, device: str, formats: tuple[str,
 
 
 def _load_network(method: str, model: Path | None, dev):
-    """(module, sha256, refinement dict or None) for network methods, (None, None, None) otherwise.
+    """(module, sha256, refinement dict or None, virtual coils) for network methods, (None, None, None, 0)
+    otherwise.
 
-    The refinement is what ``mp adapt`` chose and stored in the file (``--method adapted`` only)."""
+    The refinement and the coil compression are what ``mp adapt`` chose and used and stored in the file
+    (``--method adapted`` only; 0: none)."""
     if method not in ("meta", "adapted"):
-        return None, None, None
+        return None, None, None, 0
     from mpcli.errors import ModelError, UsageError
     from mpcli.io.weights import SHIPPED_PRIOR, load_model
     from mpcli.recon.refine import Refinement
@@ -320,7 +328,10 @@ def _load_network(method: str, model: Path | None, dev):
             refine = Refinement.from_dict(refine).as_dict()
         except ValueError as exc:
             raise ModelError(path, f"bad refinement in the metadata: {exc}") from None
-    return net, meta["sha256"], refine
+    coils = meta.get("virtual_coils", 0) if method == "adapted" else 0
+    if not (isinstance(coils, int) and not isinstance(coils, bool) and coils >= 0):
+        raise ModelError(path, f"bad virtual_coils in the metadata: {coils!r}")
+    return net, meta["sha256"], refine, coils
 
 
 def _report(outcomes, as_json: bool, title: str, out_dir: Path | None = None):
@@ -448,6 +459,8 @@ def adapt_cli(
                                         help="Keep the prior unadapted when a scan's coil maps come from fewer "
                                         "than LINES fully sampled centre lines (the held-out k-space cannot "
                                         "judge images made through such maps); 0: never."),
+    virtual_coils: int = typer.Option(0, "--virtual-coils", min=0, metavar="N",
+                                      help=_VIRTUAL_COILS_HELP + " Recorded in the weights file."),
     recon: Path | None = typer.Option(None, metavar="DIR", help="Also reconstruct the scans into this folder."),
     formats: list[str] = typer.Option(["h5", "nifti"], "--format", "-f", metavar="FORMAT",
                                       help="Formats for --recon: h5, nifti or dicom; repeat for several "
@@ -547,11 +560,12 @@ def adapt_cli(
                                 description=f"adapt  train {record['train']:.4f}  val {record['val']:.4f}")
 
             adapted = adapt_files(files, weights, prior, config, dev, progress=on_step,
-                                  on_file=lambda f: progress.advance(reading), overwrite=overwrite)
+                                  on_file=lambda f: progress.advance(reading), overwrite=overwrite,
+                                  virtual_coils=virtual_coils)
         res = adapted.result
         outcomes = []
         if recon is not None:
-            options = ReconOptions(method="adapted", formats=fmts, refine=res.refine)
+            options = ReconOptions(method="adapted", formats=fmts, refine=res.refine, virtual_coils=virtual_coils)
             maps = {(s.scan.sha256, s.scan.frame): s.maps for s in adapted.site}
 
             def process(scan, stem):
@@ -640,6 +654,7 @@ def watch_cli(
     device: str = _DEVICE,
     cs_lam: float = _CS_LAM,
     batch: int = _BATCH,
+    virtual_coils: int | None = _VIRTUAL_COILS,
     anonymize: bool = _ANONYMIZE,
     send: str | None = typer.Option(None, "--send", metavar="AET@HOST:PORT",
                                     help="Also store each DICOM series in this PACS (C-STORE); what it does not "
@@ -682,7 +697,8 @@ def watch_cli(
         if not inbox.is_dir():
             raise InputError(inbox, "is not a folder; mp watch needs the folder files land in")
         check_output_dir(out_dir, [inbox])
-        process, options, model_sha = _recon_job(method, model, device, fmts, cs_lam, batch, anonymize, out_dir)
+        process, options, model_sha = _recon_job(method, model, device, fmts, cs_lam, batch, anonymize, out_dir,
+                                                     virtual_coils)
         if sender is not None:
             sender.pause = min(sender.pause, retry)  # a retry must really try
         journal = JsonlLog(log or out_dir / "watch.jsonl")

@@ -29,14 +29,16 @@ class SiteScan:
 
 
 def load_site(files: list[Path], device: torch.device,
-              on_file: Callable[[Path], None] | None = None) -> list[SiteScan]:
-    """Read every frame of every file and estimate its coil maps."""
+              on_file: Callable[[Path], None] | None = None, virtual_coils: int = 0) -> list[SiteScan]:
+    """Read every frame of every file (its coils compressed to ``virtual_coils`` virtual ones, 0: as they
+    are) and estimate its coil maps."""
     from mpcli.io.readers import read_scans
-    from mpcli.physics.coils import estimate_maps
+    from mpcli.physics.coils import estimate_maps, with_virtual_coils
 
     site = []
     for f in files:
         for scan in read_scans(f):
+            scan = with_virtual_coils(scan, virtual_coils)
             site.append(SiteScan(scan, estimate_maps(scan.kspace, scan.mask, device=device).cpu()))
         if on_file:
             on_file(f)
@@ -68,8 +70,10 @@ class Adapted:
 
 def adapt_files(files: list[Path], out: Path, prior: Path | None, config, device: torch.device,
                 progress: Callable[[int, int, dict], None] | None = None,
-                on_file: Callable[[Path], None] | None = None, overwrite: bool = False) -> Adapted:
-    """Adapt ``prior`` (default: the shipped meta-prior) to ``files``; write ``out``."""
+                on_file: Callable[[Path], None] | None = None, overwrite: bool = False,
+                virtual_coils: int = 0) -> Adapted:
+    """Adapt ``prior`` (default: the shipped meta-prior) to ``files``, their coils compressed to
+    ``virtual_coils`` virtual ones (0: as they are; recorded in the weights file); write ``out``."""
     from mpcli.io.atomic import check_output_path
     from mpcli.io.weights import SHIPPED_PRIOR, load_model, save_weights
     from mpcli.meta.adapt import adapt, prior_params, scan_batch
@@ -78,7 +82,7 @@ def adapt_files(files: list[Path], out: Path, prior: Path | None, config, device
         raise OutputError(out, "exists; use --overwrite to replace it")
     check_output_path(out, files)
     model, meta = load_model(prior or SHIPPED_PRIOR, device=device)
-    site = load_site(files, device, on_file)
+    site = load_site(files, device, on_file, virtual_coils)
     batches = [scan_batch(s.scan, s.maps, device) for s in site]
     result = adapt(model, prior_params(model), batches, config, progress)
     state = {k: v.detach().cpu() for k, v in result.params.items()}
@@ -96,6 +100,7 @@ def adapt_files(files: list[Path], out: Path, prior: Path | None, config, device
         "refine": result.refine,
         "refine_search": result.refine_search,
         "kept_prior": result.kept_prior,
+        "virtual_coils": virtual_coils,
         "mp_version": __version__,
     }
     sha = save_weights(out, state, metadata)

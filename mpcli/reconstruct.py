@@ -62,6 +62,7 @@ class ReconOptions:
     anonymize: bool = False
     refine: dict | None = None  # network methods: CS around the network's image (mpcli.recon.refine), as
     # chosen by mp adapt and stored in its weights file; None: the network alone
+    virtual_coils: int = 0  # coils compressed to this many virtual ones first (physics.coils.compress_coils); 0: off
     extra: dict = field(default_factory=dict)
 
     def manifest(self) -> dict:
@@ -84,9 +85,12 @@ def reconstruct_scan(scan: Scan, options: ReconOptions, device: torch.device,
                      maps: torch.Tensor | None = None) -> Recon:
     """Reconstruct ``scan`` with ``options.method`` on ``device``.
 
-    ``maps`` (``[S, C, H, W]``) are estimated with ESPIRiT when not given.
+    ``maps`` (``[S, C, H, W]``) are estimated with ESPIRiT when not given (given, they belong to the scan
+    after ``options.virtual_coils``' compression).
     """
-    from mpcli.physics.coils import estimate_maps
+    from mpcli.physics.coils import estimate_maps, with_virtual_coils
+
+    scan = with_virtual_coils(scan, options.virtual_coils)
 
     if options.method == "zero-filled":
         from mpcli.recon.classical import reconstruct_classical

@@ -363,3 +363,27 @@ def test_adapt_cli_reports_the_mu_factor_and_can_skip_the_search(scan_file, tmp_
             assert meta["mu_scale"] == 1.0 and meta["mu_search"] == []
         else:
             assert 1 / 8 <= meta["mu_scale"] <= 8 and len(meta["mu_search"]) >= 8
+
+
+def test_virtual_coils_are_recorded_by_adapt_and_repeated_by_reconstruct(scan_file, prior_file, tmp_path):
+    """``mp adapt --virtual-coils 2`` adapts on two virtual coils (4 in the file), records 2 in the weights
+    file and reconstructs with them; ``mp reconstruct --method adapted`` repeats the file's 2 unless told."""
+    runner = CliRunner()
+    out = tmp_path / "adapted.safetensors"
+    res = runner.invoke(app, ["adapt", "--kspace", str(scan_file), "--prior", str(prior_file), "--out", str(out),
+                              "--steps", "1", "--virtual-coils", "2", "--recon", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.stderr
+    assert load_weights(out)[1]["virtual_coils"] == 2
+
+    def options(folder):
+        return json.loads((folder / "scan.mp.json").read_text())["options"]
+
+    assert options(tmp_path / "a")["virtual_coils"] == 2
+    for extra, expected in (([], 2), (["--virtual-coils", "0"], 0), (["--virtual-coils", "3"], 3)):
+        folder = tmp_path / f"r{expected}"
+        res = runner.invoke(app, ["reconstruct", str(scan_file), "--out", str(folder), "--method", "adapted",
+                                  "--model", str(out), "--format", "h5", *extra])
+        assert res.exit_code == 0, res.stderr
+        assert options(folder)["virtual_coils"] == expected
+    res = runner.invoke(app, ["reconstruct", str(scan_file), "--out", str(tmp_path / "bad"), "--virtual-coils", "-1"])
+    assert res.exit_code == 2 and not (tmp_path / "bad").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -376,3 +377,49 @@ def test_noise_level_reads_back_the_simulated_noise_whatever_the_image(source, n
     acs = torch.zeros(256, 256, dtype=torch.bool)
     acs[124:132, 124:132] = True  # an 8 × 8 calibration square: 4 windows of a 5 × 5 kernel, far fewer than n/2
     assert noise_level(b.y[0] * acs, acs) is None
+
+
+def _masked_kspace(coils: int, rank: int | None = None, seed: int = 0) -> torch.Tensor:
+    """[2, coils, 16, 12] random k-space with unacquired columns zero; with ``rank`` the coils are
+    mixtures of that many independent ones."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(2, rank or coils, 16, 12, dtype=torch.complex64, generator=g)
+    if rank is not None:
+        mix = torch.randn(coils, rank, dtype=torch.complex64, generator=g)
+        base = torch.einsum("cr,srhw->schw", mix, base)
+    mask = (torch.rand(12, generator=g) < 0.5).float()
+    mask[5:7] = 1
+    return base * mask
+
+
+def test_coil_compression_is_a_truncated_unitary_map_on_the_coil_axis():
+    from mpcli.physics.coils import compress_coils
+
+    y = _masked_kspace(6)
+    same, kept = compress_coils(y, 6)
+    assert same is y and kept == [1.0, 1.0]
+    z, kept = compress_coils(y, 3)
+    assert z.shape == (2, 3, 16, 12)
+    acquired = y.abs().sum(1) > 0
+    assert torch.equal(z.abs().sum(1) > 0, acquired)  # the sampling pattern is unchanged
+    for s in range(2):  # energy kept = ‖y'‖² / ‖y‖², at least the V strongest of C coils' share
+        ratio = float(z[s].abs().pow(2).sum() / y[s].abs().pow(2).sum())
+        assert kept[s] == pytest.approx(ratio, rel=1e-4) and 0.5 <= kept[s] < 1
+    low = _masked_kspace(6, rank=2, seed=1)  # six coils that are mixtures of two: nothing is lost at V = 2
+    z, kept = compress_coils(low, 2)
+    assert min(kept) == pytest.approx(1.0, abs=1e-5)
+    assert float(z.abs().pow(2).sum()) == pytest.approx(float(low.abs().pow(2).sum()), rel=1e-4)
+    with pytest.raises(ValueError, match="virtual"):
+        compress_coils(y, 0)
+
+
+def test_a_scan_with_virtual_coils_keeps_its_mask_and_geometry():
+    from mpcli.physics.coils import with_virtual_coils
+    from mpcli.scan import Geometry, Scan
+
+    y = _masked_kspace(6)
+    mask = (y.abs().sum(1, keepdim=True) > 0).float()
+    scan = Scan(y, mask, Geometry.default(2), Path("scan.h5"), "0" * 64, "fastmri", (16, 12))
+    assert with_virtual_coils(scan, 0) is scan and with_virtual_coils(scan, 8) is scan
+    small = with_virtual_coils(scan, 4)
+    assert small.shape == (2, 4, 16, 12) and small.mask is scan.mask and small.geometry is scan.geometry

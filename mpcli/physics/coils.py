@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from dataclasses import replace
 
 import torch
 
@@ -486,3 +487,41 @@ def sense_combine(coil_images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor
     complex. With Σ_c |S_c|² = 1 this is the least-squares image of fully
     sampled data (x_c = S_c x gives back x)."""
     return (maps.conj() * coil_images).sum(dim=-3)
+
+
+def compress_coils(kspace: torch.Tensor, virtual: int) -> tuple[torch.Tensor, list[float]]:
+    """SVD coil compression (Buehrer et al. 2007; BART ``cc -S``), slice by slice.
+
+    With U the left singular vectors of a slice's acquired samples Y ``[C, N]`` (columns: the
+    k-space locations where any coil is non-zero) and σ its singular values::
+
+        y_v = Σ_c conj(U[c, v]) y_c,   v < V,   energy kept = Σ_{v<V} σ_v² / Σ σ²
+
+    a unitary map on the coil axis, truncated to the V strongest virtual coils; the sampling pattern
+    is unchanged. ``kspace`` ``[S, C, H, W]`` → (``[S, V, H, W]``, energy kept per slice); unchanged
+    (energy 1) when V ≥ C. ``bench/coil_compression.py`` measures what it costs.
+    """
+    if virtual < 1:
+        raise ValueError(f"virtual coils must be >= 1, got {virtual!r}")
+    if virtual >= kspace.shape[1]:
+        return kspace, [1.0] * kspace.shape[0]
+    slices, kept = [], []
+    for k in kspace:  # [C, H, W]
+        samples = k.reshape(k.shape[0], -1)
+        samples = samples[:, samples.abs().sum(0) > 0]  # [C, N]
+        u, s, _ = torch.linalg.svd(samples, full_matrices=False)  # u [C, C]
+        slices.append(torch.einsum("cv,chw->vhw", u[:, :virtual].conj(), k))
+        energy = float((s**2).sum())
+        kept.append(float((s[:virtual] ** 2).sum()) / energy if energy > 0 else 1.0)
+    return torch.stack(slices), kept
+
+
+def with_virtual_coils(scan, virtual: int):
+    """``scan`` (:class:`~mpcli.scan.Scan`) with its k-space compressed to ``virtual`` coils
+    (:func:`compress_coils`); as it is when ``virtual`` is 0 or at least its coil count."""
+    if not virtual or virtual >= scan.shape[1]:
+        return scan
+    kspace, kept = compress_coils(scan.kspace, virtual)
+    log.info("%s: %d coils compressed to %d virtual coils, energy kept >= %.5f", scan.source.name,
+             scan.shape[1], virtual, min(kept))
+    return replace(scan, kspace=kspace)
