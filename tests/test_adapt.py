@@ -387,3 +387,9 @@ def test_virtual_coils_are_recorded_by_adapt_and_repeated_by_reconstruct(scan_fi
         assert options(folder)["virtual_coils"] == expected
     res = runner.invoke(app, ["reconstruct", str(scan_file), "--out", str(tmp_path / "bad"), "--virtual-coils", "-1"])
     assert res.exit_code == 2 and not (tmp_path / "bad").exists()
+    state, meta = load_weights(out)
+    odd = tmp_path / "odd.safetensors"
+    save_weights(odd, state, {**{k: v for k, v in meta.items() if k != "sha256"}, "virtual_coils": -2})
+    res = runner.invoke(app, ["reconstruct", str(scan_file), "--out", str(tmp_path / "odd"), "--method", "adapted",
+                              "--model", str(odd)])
+    assert res.exit_code == 5 and "virtual_coils" in res.stderr and not (tmp_path / "odd").exists()
