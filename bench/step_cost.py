@@ -13,6 +13,7 @@ a baseline run in the same process (median of ``--repeats``):
 
     python bench/step_cost.py                 # ~2 min on 2 idle CPU cores
     python bench/step_cost.py --size 128 --repeats 2
+    python bench/step_cost.py --size 384 --coils 32 --repeats 1   # a head array: ~8 min
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def adapt_step(model, theta, y, A, chunk: int | None, full_forward: bool = False
 def child(args) -> None:
     """Run one adaptation step in this fresh process; print its peak RSS."""
     model, theta, _, _ = c.load_prior(args.prior, torch.device("cpu"))
-    y, A = problem(4, args.size, line=True)
+    y, A = problem(4, args.size, args.coils, line=True)
     base = peak_rss_mb()
     t0 = time.perf_counter()
     adapt_step(model, theta, y, A, abs(args.child), full_forward=args.child < 0)
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     c.add_common_args(ap)
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--coils", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for _ in range(args.repeats):
             out = subprocess.run([sys.executable, __file__, "--child", str(chunk), "--size", str(args.size),
+                                  "--coils", str(args.coils),
                                   "--prior", args.prior, "--threads", str(torch.get_num_threads())],
                                  capture_output=True, text=True, check=True)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -117,23 +120,24 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"what": what, "shipped s": new / per, "baseline s": old / per, "baseline / shipped": old / new})
 
     for line in (True, False):
-        yl, Al = problem(2, args.size, line=line)
+        yl, Al = problem(2, args.size, args.coils, line=line)
         x = Al.adjoint(yl)
         n = 10 * args.repeats
         row(f"AᴴA per slice ({'line' if line else '2-D'} mask): normal vs adjoint∘forward",
             median_s(lambda A=Al, x=x: A.normal(x), n), median_s(lambda A=Al, x=x: A.adjoint(A.forward(x)), n), 2)
-    y, A = problem(2, args.size)
+    y, A = problem(2, args.size, args.coils)
     z = complex_to_channels(A.adjoint(y))
     with torch.no_grad():
-        row("CNN per slice: channels-last vs NCHW", median_s(lambda: model.denoiser(z), args.repeats),
-            median_s(lambda: nchw_denoiser(model.denoiser, z), args.repeats), 2)
+        if hasattr(model.denoiser, "convs"):  # the CNN denoiser; the shipped U-Net has no NCHW baseline here
+            row("CNN per slice: channels-last vs NCHW", median_s(lambda: model.denoiser(z), args.repeats),
+                median_s(lambda: nchw_denoiser(model.denoiser, z), args.repeats), 2)
         fwd = median_s(lambda: model(y, A), args.repeats) / 2
     fb = median_s(lambda: model(y, A).abs().sum().backward(), args.repeats) / 2
-    y4, A4 = problem(4, args.size)
+    y4, A4 = problem(4, args.size, args.coils)
     row("SSDU adaptation step, 4 slices: no full-data forward vs with it",
         median_s(lambda: adapt_step(model, theta, y4, A4, 1), args.repeats),
         median_s(lambda: adapt_step(model, theta, y4, A4, 1, full_forward=True), args.repeats), 1)
-    print(c.header(f"Network and adaptation-step cost, {args.size}² × 8 coils", device, args.prior, sha,
+    print(c.header(f"Network and adaptation-step cost, {args.size}² × {args.coils} coils", device, args.prior, sha,
                    f"medians of {args.repeats} (AᴴA: {10 * args.repeats}); baseline in the same process"))
     print(c.markdown_table(rows, ["what", "shipped s", "baseline s", "baseline / shipped"], digits=4))
     print(f"\nshipped prior per slice: forward {fwd:.3f} s, forward + backward {fb:.3f} s\n")
