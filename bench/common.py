@@ -379,7 +379,7 @@ def adapted_image(model: torch.nn.Module, res, y: torch.Tensor, A: Sense) -> tor
     """What ``mp adapt`` reconstructs from an :class:`~mpcli.meta.adapt.AdaptResult`: the adapted
     network, refined by CS around its image where adaptation chose so. ``[S, H, W]`` complex."""
     z = apply_network(model, res.params, y, A)  # [S, H, W]
-    return z if res.refine is None else Refinement(**res.refine).apply(y, A, z)
+    return z if res.refine is None else Refinement.from_dict(res.refine).apply(y, A, z)
 
 
 def run_adapt(vol: Volume, model: torch.nn.Module, start: Params, config: AdaptConfig | None = None) -> Recon:

@@ -18,6 +18,7 @@ and scores both inside the ESPIRiT support as ``bench/quality.py`` does:
     python bench/refine_weights.py --threads 2 --seeds 0,1,2,3     # 8 families × 4 seeds, ~25 min
     python bench/refine_weights.py --threads 2 --seeds 0,1,2,3 --against unwhitened
     python bench/refine_weights.py --threads 2 --seeds 0,1,2,3 --against grid
+    python bench/refine_weights.py --threads 2 --seeds 0,1,2,3 --against one-pass
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ import common as c
 from mpcli.meta.adapt import AdaptConfig
 
 AGAINST = {"plain-l1": {"refine_eps": None}, "unwhitened": {"refine_whiten": False},
-           "grid": {"refine_midpoints": False}}
+           "grid": {"refine_midpoints": False}, "one-pass": {"refine_reweight": ()}}
 
 
 def refine_cell(refine: dict | None) -> str:
     """λ / μ of a chosen refinement, or why there is none."""
-    return "none" if refine is None else f"{refine['lam']:g} / {refine['mu']:g}"
+    if refine is None:
+        return "none"
+    return f"{refine['lam']:g} / {refine['mu']:g}" + "".join(f", then {lam:g}" for lam in refine.get("reweighted", []))
 
 
 def main() -> None:

@@ -625,8 +625,11 @@ def adapt_cli(
 def _refined_error(res) -> float | None:
     """The unweighted held-out error of what ``mp adapt`` chose at its last step: the refinement, or the
     network alone when none was kept (comparable with ``val_loss_best``); None when nothing was tried."""
-    chosen = (None, None) if res.refine is None else (res.refine["lam"], res.refine["mu"])
-    return next((t["val_unweighted"] for t in res.refine_search if (t["lam"], t["mu"]) == chosen), None)
+    def key(d: dict) -> tuple:
+        return d["lam"], d["mu"], list(d.get("reweighted", []))
+
+    chosen = (None, None, []) if res.refine is None else key(res.refine)
+    return next((t["val_unweighted"] for t in res.refine_search if key(t) == chosen), None)
 
 
 def _refine_cell(refine: dict | None, off: bool, kept_prior: bool = False) -> str:
@@ -638,8 +641,9 @@ def _refine_cell(refine: dict | None, off: bool, kept_prior: bool = False) -> st
     if refine is None:
         return "none: the network alone predicts the held-out k-space best"
     l1 = "plain L1" if refine.get("eps") is None else f"L1 weighted by the network's wavelets, ε {refine['eps']:g}"
+    again = "".join(f", then again around that image with λ {lam:g}" for lam in refine.get("reweighted", []))
     return (f"CS around the network: λ {refine['lam']:g}, μ {refine['mu']:g}, {refine['iters']} iterations, "
-            f"{l1}")
+            f"{l1}{again}")
 
 
 @app.command("watch", short_help="Reconstruct each k-space file that lands in a folder, until stopped.")

@@ -18,7 +18,7 @@ from mpcli.meta.losses import acquired_mask, derive_seed
 from mpcli.physics.coils import estimate_maps, rss, spectral_weight
 from mpcli.physics.fft import ifft2c
 from mpcli.recon.network import ARCH_VERSION, build_network
-from mpcli.recon.refine import EPS, LAMS, LAMS_WEIGHTED, MUS, Refinement, choose_refinement
+from mpcli.recon.refine import EPS, LAMS, LAMS_WEIGHTED, MUS, REWEIGHT, Refinement, choose_refinement
 from tests.cli_helpers import mp, nonblank_lines
 from tests.synthetic import synthetic_kspace, write_synthetic_fastmri
 
@@ -58,12 +58,14 @@ def test_choice_is_lambda_at_mu_zero_then_mu_and_the_network_wins_without_gain()
         return 1.0 if r is None else abs(np.log10(r.lam) + 3) + abs(r.mu - 0.03) + 0.5
 
     choice, tried = choose_refinement(loss, iters=17, midpoints=False)
-    assert choice == Refinement(1e-3, 0.03, 17, EPS)
-    assert [(t["lam"], t["mu"]) for t in tried] == [(None, None), *((lam, 0.0) for lam in LAMS_WEIGHTED),
-                                                    *((1e-3, mu) for mu in MUS)]
+    assert choice == Refinement(1e-3, 0.03, 17, EPS)  # a second pass that scores the same is not kept
+    assert [(t["lam"], t["mu"], t["reweighted"]) for t in tried] == [
+        (None, None, []), *((lam, 0.0, []) for lam in LAMS_WEIGHTED), *((1e-3, mu, []) for mu in MUS),
+        *((1e-3, 0.03, [1e-3 * f]) for f in REWEIGHT)]
     plain, tried = choose_refinement(loss, iters=17, eps=None, midpoints=False)
     assert plain == Refinement(1e-3, 0.03, 17) and plain.eps is None
     assert [t["lam"] for t in tried[1:1 + len(LAMS)]] == list(LAMS)
+    assert all(t["reweighted"] == [] for t in tried)  # plain L1 has no weights to take again
     assert tried[0]["val"] == 1.0 and min(t["val"] for t in tried) == pytest.approx(0.5)
     assert choose_refinement(loss, min_gain=0.6)[0] is None  # 0.5 is not 60 % below 1.0
     assert choose_refinement(lambda r: 1.0 if r is None else 2.0)[0] is None
@@ -83,10 +85,41 @@ def test_midpoints_between_the_best_lambda_and_its_neighbours_are_tried_before_m
     i = grid.index(best)
     between = [math.sqrt(best * grid[j]) for j in (i - 1, i + 1) if 0 <= j < len(grid)]
     assert len(between) == (1 if best in (grid[0], grid[-1]) else 2)
-    assert [(t["lam"], t["mu"]) for t in tried] == [(None, None), *((lam, 0.0) for lam in grid),
-                                                    *((lam, 0.0) for lam in between),
-                                                    *((choice.lam, mu) for mu in MUS)]
+    assert [(t["lam"], t["mu"]) for t in tried[:-len(REWEIGHT)]] == [
+        (None, None), *((lam, 0.0) for lam in grid), *((lam, 0.0) for lam in between),
+        *((choice.lam, mu) for mu in MUS)]
     assert choice.lam == pytest.approx(chosen) and choice.mu == 0.03
+
+
+@pytest.mark.parametrize("factor", REWEIGHT)
+def test_a_second_pass_at_a_factor_of_lambda_is_kept_where_it_scores_better(factor):
+    """After μ, a second pass at λ·f for each f of REWEIGHT (at the chosen μ); the one pass stays unless one
+    of them scores lower; none is tried without a reweighting grid."""
+    def loss(r):
+        if r is None:
+            return 1.0
+        first = abs(np.log10(r.lam) + 3) + abs(r.mu - 0.03) + 0.5
+        return first - 0.1 * sum(math.isclose(lam, 1e-3 * factor) for lam in r.reweighted)
+
+    choice, tried = choose_refinement(loss, iters=17, midpoints=False)
+    assert choice == Refinement(1e-3, 0.03, 17, EPS, (pytest.approx(1e-3 * factor),))
+    assert [t["reweighted"] for t in tried[-len(REWEIGHT):]] == [[pytest.approx(1e-3 * f)] for f in REWEIGHT]
+    one, tried = choose_refinement(loss, iters=17, midpoints=False, reweight=())
+    assert one == Refinement(1e-3, 0.03, 17, EPS) and all(t["reweighted"] == [] for t in tried)
+
+
+def test_a_reweighted_pass_is_the_one_pass_around_the_first_pass_image(scan_file):
+    """Refinement(λ, μ, n, ε, (λ₂,)) = Refinement(λ₂, μ, n, ε) applied to Refinement(λ, μ, n, ε)'s image, and
+    differs from the one pass (its weights come from x̂₁, not z); a second pass needs the weighted L1."""
+    scan = read_scans(scan_file)[0]
+    batch = scan_batch(scan, estimate_maps(scan.kspace, scan.mask), torch.device("cpu"))
+    z = 0.5 * batch.A.adjoint(batch.y)
+    first = Refinement(3e-3, 0.01, 10, EPS).apply(batch.y, batch.A, z)
+    both = Refinement(3e-3, 0.01, 10, EPS, (1e-3,)).apply(batch.y, batch.A, z)
+    torch.testing.assert_close(both, Refinement(1e-3, 0.01, 10, EPS).apply(batch.y, batch.A, first))
+    assert float((both - first).abs().max()) > 1e-3 * float(first.abs().max())
+    with pytest.raises(ValueError, match="eps"):
+        Refinement(3e-3, 0.0, 10, None, (1e-3,))
 
 
 @pytest.mark.parametrize("bad", [None, {"lam": 1e-3, "mu": 0.0}, {"lam": -1.0, "mu": 0.0, "iters": 60},
@@ -96,14 +129,23 @@ def test_midpoints_between_the_best_lambda_and_its_neighbours_are_tried_before_m
                                  {"lam": 1e-3, "mu": 0.0, "iters": 60, "x": 1},
                                  {"lam": 1e-3, "mu": 0.0, "iters": 60, "eps": 0},
                                  {"lam": 1e-3, "mu": 0.0, "iters": 60, "eps": float("inf")},
-                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "eps": "0.05"}])
+                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "eps": "0.05"},
+                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "eps": 0.05, "reweighted": 1e-3},
+                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "eps": 0.05, "reweighted": [-1e-3]},
+                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "eps": 0.05, "reweighted": ["1e-3"]},
+                                 {"lam": 1e-3, "mu": 0.0, "iters": 60, "reweighted": [1e-3]}])
 def test_a_stored_refinement_is_validated(bad):
-    """A stored refinement round-trips; files from before the weighted L1 (no "eps") are plain L1."""
+    """A stored refinement round-trips; files from before the weighted L1 (no "eps") are plain L1, files
+    from before the reweighted pass (no "reweighted") one pass."""
     with pytest.raises(ValueError):
         Refinement.from_dict(bad)
     assert Refinement.from_dict({"lam": 0, "mu": 0.1, "iters": 5}) == Refinement(0.0, 0.1, 5, None)
     weighted = Refinement(3e-3, 0.01, 45, 0.05)
     assert Refinement.from_dict(weighted.as_dict()) == weighted
+    assert Refinement.from_dict({"lam": 3e-3, "mu": 0.01, "iters": 45, "eps": 0.05}) == weighted
+    assert weighted.as_dict() == {"lam": 3e-3, "mu": 0.01, "iters": 45, "eps": 0.05}  # as stored before
+    twice = Refinement(3e-3, 0.01, 45, 0.05, (1e-3,))
+    assert Refinement.from_dict(json.loads(json.dumps(twice.as_dict()))) == twice
     assert Refinement.from_dict({"lam": 3e-3, "mu": 0.01, "iters": 45, "eps": None}).eps is None
 
 
@@ -131,10 +173,11 @@ def test_adapt_scores_the_network_and_each_candidate_on_the_held_out_samples(sca
     res = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, max_prior_error=math.inf, min_calibration=0))
     grid = res.refine_search[1:1 + len(LAMS_WEIGHTED)]
     assert res.refine_search[0]["lam"] is None and [t["lam"] for t in grid] == list(LAMS_WEIGHTED)
-    midpoints = res.refine_search[1 + len(grid):-len(MUS)]  # one at the grid's edge, two inside it
+    midpoints = res.refine_search[1 + len(grid):-len(MUS) - len(REWEIGHT)]  # one at the grid's edge, two inside
     assert len(midpoints) in (1, 2) and all(t["mu"] == 0.0 for t in midpoints)
     best = min(res.refine_search, key=lambda t: t["val"])
-    assert res.refine == {"lam": best["lam"], "mu": best["mu"], "iters": AdaptConfig().refine_iters, "eps": EPS}
+    expected = {"lam": best["lam"], "mu": best["mu"], "iters": AdaptConfig().refine_iters, "eps": EPS}
+    assert res.refine == ({**expected, "reweighted": best["reweighted"]} if best["reweighted"] else expected)
     assert best["lam"] is not None
     off = adapt(model, prior_params(model), [batch], AdaptConfig(steps=1, slices_per_step=2, refine=False,
                                                                    max_prior_error=math.inf, min_calibration=0))
@@ -172,6 +215,11 @@ def test_adapt_scores_the_candidates_by_the_whitened_held_out_error(scan_file, s
         assert res.refine_search[0]["val"] == pytest.approx(expected, rel=1e-5)
         assert res.refine_search[0]["val_unweighted"] == pytest.approx(by_hand[False], rel=1e-5)
         assert all(t["val_unweighted"] == t["val"] for t in res.refine_search) is not whiten
+        # a second pass is scored from its first pass's kept images: as if solved from z
+        t = res.refine_search[-1]
+        r = Refinement(t["lam"], t["mu"], config.refine_iters, EPS, tuple(t["reweighted"]))
+        by_hand_two = np.mean([heldout_loss(r.apply(tr.y, tr.A, z), g) for z, (tr, g) in zip(zs, held)])
+        assert t["reweighted"] and t["val_unweighted"] == pytest.approx(by_hand_two, rel=1e-4)
 
 
 @pytest.mark.parametrize("field", ["refine_iters", "refine_slices"])
@@ -192,8 +240,11 @@ def test_adapt_stores_the_choice_and_reconstruct_applies_it(scan_file, prior_fil
         assert res.exit_code == 0, res.stderr
         summary, meta = json.loads(res.stdout), load_weights(weights)[1]
         assert summary["refine"] == meta["refine"]
-        chosen = (None, None) if meta["refine"] is None else (meta["refine"]["lam"], meta["refine"]["mu"])
-        refined = [t["val_unweighted"] for t in meta["refine_search"] if (t["lam"], t["mu"]) == chosen]
+        def key(d):
+            return d["lam"], d["mu"], d.get("reweighted", [])
+
+        chosen = (None, None, []) if meta["refine"] is None else key(meta["refine"])
+        refined = [t["val_unweighted"] for t in meta["refine_search"] if key(t) == chosen]
         assert summary["val_loss_refined"] == (refined[0] if refined else None)  # comparable with val_loss_best
         with h5py.File(recon / "scan.h5") as f:
             images[name] = f["reconstruction"][()]
@@ -254,3 +305,12 @@ def test_a_bad_stored_refinement_is_a_model_error(scan_file, prior_file, tmp_pat
     assert len([line for line in res.stderr.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
+
+
+def test_the_adapt_summary_names_a_second_pass():
+    """mp adapt's table says when the refinement runs a second, reweighted pass, and with which λ."""
+    from mpcli.cli import _refine_cell
+
+    two = _refine_cell(Refinement(3e-3, 0.0, 45, EPS, (1e-3,)).as_dict(), off=False)
+    assert "λ 0.003" in two and "then again around that image with λ 0.001" in two
+    assert "then again" not in _refine_cell(Refinement(3e-3, 0.0, 45, EPS).as_dict(), off=False)

@@ -60,6 +60,6 @@ def reconstruct_network(model: torch.nn.Module, scan: Scan, maps: torch.Tensor,
     if refine is not None:
         from mpcli.recon.refine import Refinement
 
-        x = Refinement(**refine).apply(scan.kspace, sense(maps, scan.mask), x, device=device)  # [S, H, W]
+        x = Refinement.from_dict(refine).apply(scan.kspace, sense(maps, scan.mask), x, device=device)  # [S, H, W]
     x = x * (maps.abs().pow(2).sum(1) > 0).to(x.device)  # [S, H, W]
     return center_crop(x.abs(), scan.recon_size).numpy().astype(np.float32)
