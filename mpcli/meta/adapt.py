@@ -481,8 +481,9 @@ class _RefinedHeldout:
     def refined(self, refine: Refinement) -> list[torch.Tensor]:
         """The images of ``refine`` from T, one per pair (kept)."""
         if refine not in self._refined:
-            *before, last = refine.passes()
-            start = self.refined(replace(refine, reweighted=refine.reweighted[:-1])) if before else self.images
+            before = replace(refine, reweighted=refine.reweighted[:-1])
+            start = self.refined(before) if refine.reweighted else self.images
+            last = refine.passes()[-1]
             self._refined[refine] = [last.apply(t.y, t.A, z) for z, (t, _) in zip(start, self.held)]
         return self._refined[refine]
 

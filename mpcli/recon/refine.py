@@ -67,8 +67,8 @@ LAMS_WEIGHTED = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 MUS = (0.01, 0.03, 0.1)
 """μ tried at the chosen λ (μ = 0 is already scored)."""
 REWEIGHT = (1 / 9, 1 / (3 * math.sqrt(3)), 1 / 3, 1 / math.sqrt(3), 1.0)
-"""Factors of the chosen λ tried for a second, reweighted pass (its weights from the first pass's image are
-sharper than the network's, so its λ sits at or below the first)."""
+"""Factors of the chosen λ tried for a second, reweighted pass: at or below the first (√3 was tried on
+seeds 0–1 and lost 0.86 dB on a noise task; ``bench/README.md``, "A second, reweighted pass")."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,8 @@ class Refinement:
 
 def choose_refinement(heldout: Callable[[Refinement | None], float], iters: int = 45,
                       lams=None, mus=MUS, min_gain: float = 0.0, eps: float | None = EPS,
-                      midpoints: bool = True, reweight=REWEIGHT) -> tuple[Refinement | None, list[dict]]:
+                      midpoints: bool = True, reweight: tuple[float, ...] = REWEIGHT,
+                      ) -> tuple[Refinement | None, list[dict]]:
     """The refinement whose held-out loss ``heldout(r)`` is lowest, or None for the network alone.
 
     ``heldout(None)`` scores the network's image itself. λ ∈ ``lams`` (default :data:`LAMS_WEIGHTED`
